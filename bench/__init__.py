@@ -1,0 +1,1 @@
+"""The measuring harness: variant specs, profiles, and the ``nectargan-bench`` command line."""

@@ -1,0 +1,1 @@
+"""Optuna searches over generator architectures and training settings (short training trials)."""
