@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from nectargan.errors import NectarGANError
@@ -21,6 +22,15 @@ class VariantSpec:
     out_channels: int | None = None
     use_dropout_layers: int = 3
     batch_size: int = 1
+
+    @property
+    def key(self) -> str:
+        """A canonical string of every field: the identity of this variant in a results store."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
 
     @property
     def name(self) -> str:

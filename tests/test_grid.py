@@ -1,0 +1,105 @@
+"""Grid files: expansion, include/exclude, sharding, and one-line errors for bad grids."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.grid import GridError, load_grid, parse_grid, parse_shard, shard
+from bench.variant import VariantSpec
+
+
+def test_builtin_grids():
+    default = load_grid("default")
+    variants = default.variants()
+    assert len(variants) == 48 and len(set(variants)) == 48
+    assert {v.input_size for v in variants} == {256} and {v.batch_size for v in variants} == {1}
+    assert {v.n_downs for v in variants} == {3, 4, 5, 6} and {v.features for v in variants} == {16, 32, 64}
+    smoke = load_grid("smoke").variants()
+    assert len(smoke) == 16 and {v.input_size for v in smoke} == {64}
+    assert all(v.invalid_reason() is None for v in [*variants, *smoke])
+
+
+def test_axes_left_out_take_model_defaults():
+    (only,) = parse_grid("[grid]\nfeatures = [8]\n").variants()
+    assert only == VariantSpec(features=8)
+    assert (only.input_size, only.batch_size, only.n_downs, only.block_type) == (256, 1, 6, "UnetBlock")
+
+
+def test_exclude_and_include():
+    grid = parse_grid(
+        """
+        [grid]
+        n_downs = [3, 4]
+        block_type = ["UnetBlock", "ResidualUnetBlock"]
+        input_size = [64]
+        exclude = [{ n_downs = 4, block_type = "ResidualUnetBlock" }]
+        include = [{ n_downs = 5, features = 8, input_size = 128 }, { n_downs = 3, input_size = 64 }]
+        """
+    )
+    names = [(v.n_downs, v.block_type, v.input_size) for v in grid.variants()]
+    assert names == [
+        (3, "UnetBlock", 64), (3, "ResidualUnetBlock", 64), (4, "UnetBlock", 64), (5, "UnetBlock", 128),
+    ]  # the excluded combination is gone; the duplicate include is not added twice
+
+
+def test_values_the_model_rejects_are_kept_for_the_sweep():
+    variants = parse_grid('[grid]\nn_downs = [2, 3]\nblock_type = ["Foo"]\ninput_size = [48]\n').variants()
+    assert len(variants) == 2
+    assert "n_downs=2" in variants[0].invalid_reason()
+    assert "block_type='Foo'" in variants[1].invalid_reason()
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("[grid]\nn_down = [3]\n", r"unknown key \[grid\]\.n_down \(did you mean 'n_downs'\?\)"),
+        ("[grid]\nfeature = [3]\n", r"did you mean 'features'"),
+        ("[grid]\nn_downs = []\n", r"axis \[grid\]\.n_downs is empty"),
+        ('[grid]\nfeatures = ["64"]\n', r"\[grid\]\.features has '64' \(str\); each value must be an integer"),
+        ("[grid]\nn_downs = [true]\n", r"\[grid\]\.n_downs has True"),
+        ("[grid]\nblock_type = [3]\n", r"\[grid\]\.block_type has 3 \(int\); each value must be a string"),
+        ("[grd]\nn_downs = [3]\n", r"unknown top-level key 'grd' \(did you mean 'grid'\?\)"),
+        ("description = 'x'\n", r"a \[grid\] table with at least one axis is required"),
+        ("[grid]\n", r"\[grid\] has no axes"),
+        ("[grid]\nn_downs = [3\n", r"is not valid TOML"),
+        ("[grid]\nn_downs = [3]\nexclude = [{ n_dows = 3 }]\n", r"exclude\[0\]\.n_dows \(did you mean 'n_dow"),
+        ("[grid]\nn_downs = [3]\ninclude = 3\n", r"\[grid\]\.include must be a list of tables"),
+        ("[grid]\nn_downs = [3]\n[measure]\nprecison = ['bf16']\n", r"\[measure\]\.precison \(did you mean 'prec"),
+    ],
+)
+def test_bad_grids_are_one_line_errors(text, pattern):
+    with pytest.raises(GridError, match=pattern) as info:
+        parse_grid(text, source="bad.toml")
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(GridError, match=r"nope\.toml cannot be read"):
+        load_grid(tmp_path / "nope.toml")
+    with pytest.raises(GridError, match=r"cannot be read"):
+        load_grid(tmp_path)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(GridError, match="not UTF-8"):
+        load_grid(binary)
+    with pytest.raises(GridError, match=r"built-in grids: default, smoke \(did you mean 'smoke'\?\)"):
+        load_grid("smok")
+
+
+def test_grid_hash_and_source():
+    grid = load_grid("smoke")
+    assert len(grid.sha256) == 64 and grid.source.endswith("smoke.toml") and grid.name == "smoke"
+
+
+def test_shards_are_disjoint_and_cover_the_grid():
+    variants = load_grid("default").variants()
+    parts = [shard(variants, k, 3) for k in (1, 2, 3)]
+    assert sorted(len(p) for p in parts) == [16, 16, 16]
+    assert set().union(*map(set, parts)) == set(variants)
+    assert sum(map(len, parts)) == len(variants)
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1-2", "a/b", "1/0"])
+def test_bad_shard(text):
+    with pytest.raises(GridError, match="--shard"):
+        parse_shard(text)
