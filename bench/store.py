@@ -1,0 +1,148 @@
+"""The results store: an append-only set of rows, each identified by its ``key``.
+
+On disk it is ``DIR/results.jsonl``: one JSON object per line, written with a single ``write`` and
+flushed (and fsynced) as each row finishes, so a killed run loses at most the row in progress. A
+torn last line (the process died mid-write) is skipped when reading and cut off before the next
+append, so earlier rows are never corrupted. Rows with the same key: the last one wins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from nectargan.errors import NectarGANError
+
+RESULTS_FILE = "results.jsonl"
+Row = dict[str, Any]
+
+
+class ResultsStore(Protocol):
+    """What the sweep and the reports need from a store."""
+
+    def append(self, row: Row) -> None: ...
+    def iter_rows(self) -> Iterator[Row]: ...
+    def keys(self) -> set[str]: ...
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+class MemoryStore:
+    """An in-memory store, for tests and for merging."""
+
+    def __init__(self, rows: Iterable[Row] = ()) -> None:
+        self._rows: list[Row] = []
+        for row in rows:
+            self.append(row)
+
+    def append(self, row: Row) -> None:
+        if "key" not in row:
+            raise ValueError("a row needs a 'key'")
+        self._rows.append(json.loads(json.dumps(_clean(row))))
+
+    def iter_rows(self) -> Iterator[Row]:
+        latest: dict[str, Row] = {}
+        for row in self._rows:
+            latest.pop(row["key"], None)
+            latest[row["key"]] = row
+        yield from latest.values()
+
+    def keys(self) -> set[str]:
+        return {row["key"] for row in self._rows}
+
+
+class JsonlStore:
+    """``DIR/results.jsonl``, crash-safe as described in the module docstring."""
+
+    def __init__(self, directory: str | os.PathLike[str], fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / RESULTS_FILE
+        self.fsync = fsync
+        self._repaired = False
+
+    def exists(self) -> bool:
+        return self.path.is_file() and self.path.stat().st_size > 0
+
+    def _repair_tail(self) -> None:
+        """Cut a torn last line (no trailing newline) so the next append starts on a fresh line."""
+        if self._repaired or not self.path.exists():
+            self._repaired = True
+            return
+        with open(self.path, "rb+") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            if size:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    handle.seek(0)
+                    data = handle.read()
+                    handle.truncate(data.rfind(b"\n") + 1)
+        self._repaired = True
+
+    def append(self, row: Row) -> None:
+        if "key" not in row:
+            raise ValueError("a row needs a 'key'")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._repair_tail()
+        line = json.dumps(_clean(row), separators=(",", ":"), allow_nan=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+
+    def _raw_rows(self) -> Iterator[Row]:
+        if not self.path.exists():
+            return
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NectarGANError(f"results file {self.path} cannot be read: {exc}") from None
+        lines = text.split("\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):  # torn last line of a killed run
+                    continue
+                raise NectarGANError(f"{self.path}: line {number} is not valid JSON") from None
+            if not isinstance(row, dict) or "key" not in row:
+                raise NectarGANError(f"{self.path}: line {number} is not a result row (no 'key')")
+            yield row
+
+    def iter_rows(self) -> Iterator[Row]:
+        latest: dict[str, Row] = {}
+        for row in self._raw_rows():
+            latest.pop(row["key"], None)
+            latest[row["key"]] = row
+        yield from latest.values()
+
+    def keys(self) -> set[str]:
+        return {row["key"] for row in self._raw_rows()}
+
+
+def merged_rows(directories: Iterable[str | os.PathLike[str]]) -> list[Row]:
+    """Rows of several run directories (e.g. shards), the last directory winning on a shared key."""
+    merged = MemoryStore()
+    for directory in directories:
+        store = JsonlStore(directory)
+        if not store.path.is_file():
+            raise NectarGANError(f"{directory} holds no {RESULTS_FILE}: is it a sweep's output folder?")
+        for row in store.iter_rows():
+            merged.append(row)
+    return list(merged.iter_rows())
