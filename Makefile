@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@.venv/bin/nectargan-bench summary
+	@.venv/bin/nectargan-bench sweep default --static-only
 
 test: setup
 	@.venv/bin/ruff check nectargan bench studies tests

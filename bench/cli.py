@@ -6,8 +6,10 @@ Data goes to stdout, progress and logs to stderr. Known errors print one ``Error
 
 from __future__ import annotations
 
+import shlex
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -31,12 +33,7 @@ app = typer.Typer(
 )
 stdout = Console()
 stderr = Console(stderr=True)
-_state = {"debug": False}
-
-
-class BlockChoice(StrEnum):
-    UnetBlock = "UnetBlock"
-    ResidualUnetBlock = "ResidualUnetBlock"
+_state: dict = {"debug": False, "command": None}
 
 
 class UpconvChoice(StrEnum):
@@ -60,11 +57,26 @@ def _root(
     _state["debug"] = debug
 
 
+def _variant(
+    n_downs: int, features: int, block_type: str, upconv_type: UpconvChoice, input_size: int,
+    in_channels: int, out_channels: int | None, use_dropout_layers: int,
+):
+    from bench.variant import VariantSpec
+
+    return VariantSpec(
+        n_downs=n_downs, features=features, block_type=block_type, upconv_type=upconv_type.value,
+        input_size=input_size, in_channels=in_channels, out_channels=out_channels,
+        use_dropout_layers=use_dropout_layers,
+    )
+
+
 @app.command()
-def summary(
+def profile(
     n_downs: Annotated[int, typer.Option(help="Down layers between initial_down and the bottleneck.")] = 6,
     features: Annotated[int, typer.Option(help="Channels of the first layer (cap 8x).")] = 64,
-    block_type: Annotated[BlockChoice, typer.Option(help="Block class.")] = BlockChoice.UnetBlock,
+    block_type: Annotated[
+        str, typer.Option(help="Block name: UnetBlock, ResidualUnetBlock or a registered one.")
+    ] = "UnetBlock",
     upconv_type: Annotated[UpconvChoice, typer.Option(help="Upsampling.")] = UpconvChoice.Transposed,
     input_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = 256,
     in_channels: Annotated[int, typer.Option(help="Input image channels.")] = 3,
@@ -72,37 +84,187 @@ def summary(
         int | None, typer.Option(help="Output image channels [default: in-channels].")
     ] = None,
     use_dropout_layers: Annotated[int, typer.Option(help="Up layers with dropout, deepest first.")] = 3,
+    depth: Annotated[int, typer.Option(min=1, max=4, help="Module depth of the table (1: layers).")] = 1,
 ) -> None:
-    """Print a generator's layers, channels, output shapes and parameters.
+    """Profile one variant: a per-module table of parameters and multiply-adds, then the totals.
 
-    Example: nectargan-bench summary --n-downs 4 --features 32 --block-type ResidualUnetBlock
+    Example: nectargan-bench profile --n-downs 6 --features 64 --block-type UnetBlock --input-size 256
     """
-    from bench.summary import layer_summary
-    from bench.variant import VariantSpec
+    from bench.profile import module_table, profile_static
 
-    spec = VariantSpec(
-        n_downs=n_downs, features=features, block_type=block_type.value,
-        upconv_type=upconv_type.value, input_size=input_size, in_channels=in_channels,
-        out_channels=out_channels, use_dropout_layers=use_dropout_layers,
-    )
-    rows = layer_summary(spec)
-    table = Table(title=f"UnetGenerator {spec.name}", title_justify="left")
-    for column, justify in [("layer", "left"), ("path", "left"), ("channels", "right"),
-                            ("output shape", "right"), ("params", "right")]:
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    spec = _variant(n_downs, features, block_type, upconv_type, input_size, in_channels, out_channels,
+                    use_dropout_layers)
+    reason = spec.invalid_reason()
+    if reason is not None:
+        raise NectarGANError(reason)
+    rows, counts = module_table(spec, max_depth=depth)
+    table = Table(title=f"UnetGenerator {spec.name} (per image)", title_justify="left")
+    width = max(len(r.name) + 2 * (r.depth - 1) for r in rows)
+    table.add_column("module", no_wrap=True, min_width=width)
+    for column in ["output shape", "params", "MACs (fvcore)", "% MACs"]:
+        table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row.name, row.kind, f"{row.in_channels} -> {row.out_channels}",
-                      "x".join(map(str, row.output_shape)), f"{row.params:,}")
-    total = sum(row.params for row in rows)
+        shape = "x".join(map(str, row.output_shape)) if row.output_shape else ""
+        share = f"{100 * row.macs / counts.total:.1f}" if counts.total else ""
+        table.add_row("  " * (row.depth - 1) + row.name, shape, f"{row.params:,}", f"{row.macs:,}", share)
+    stats = profile_static(spec, fv=counts)
     table.add_section()
-    table.add_row("total", "", "", "", f"{total:,}")
+    table.add_row("total", "", f"{stats.params:,}", f"{stats.macs:,}", "100.0")
     stdout.print(table)
-    stdout.print(f"{total:,} parameters ({total * 4 / 2**20:.1f} MiB in fp32), {len(rows)} layers")
+    totals = Table(show_header=False, box=None, pad_edge=False)
+    totals.add_column(style="bold")
+    totals.add_column(justify="right")
+    for label, value in [
+        ("parameters", f"{stats.params:,} ({stats.param_mib:,.1f} MiB fp32)"),
+        ("MACs, fvcore total", f"{stats.macs:,}"),
+        ("FLOPs forward (flop_counter)", f"{stats.flops_fwd:,}"),
+        ("FLOPs forward + backward", f"{stats.flops_train:,}"),
+        ("conv MACs: closed form", f"{stats.conv_macs_analytic:,}" if stats.conv_macs_analytic else "n/a"),
+        ("conv MACs: fvcore", f"{stats.conv_macs_fvcore:,}"),
+        ("conv MACs: flop_counter / 2", f"{stats.conv_flops_counter // 2:,}"),
+        ("activations (fvcore)", f"{stats.activations:,}"),
+        ("conv counts agree", "yes" if stats.counts_agree else "NO: " + "; ".join(stats.warnings)),
+    ]:
+        totals.add_row(label, value)
+    stdout.print(totals)
+
+
+@app.command()
+def sweep(
+    grid: Annotated[str, typer.Argument(help="Grid TOML file, or a built-in grid name (default, smoke).")],
+    static_only: Annotated[
+        bool, typer.Option("--static-only", help="Count parameters, FLOPs and activations; no timing.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder [default: results/runs/<grid>-<timestamp>].")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished rows.")] = False,
+    shard: Annotated[
+        str | None, typer.Option(help="Run only part K of N of the grid, as K/N (e.g. 1/2).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; one line at the end.")] = False,
+) -> None:
+    """Profile every variant of a grid into a run folder, then write its reports.
+
+    Example: nectargan-bench sweep bench/grids/default.toml --static-only --out results/runs/default
+    """
+    from bench.env import read_env
+    from bench.grid import load_grid, parse_shard
+    from bench.report import write_reports
+    from bench.store import JsonlStore
+    from bench.sweep import default_out_dir, run_static_sweep
+
+    loaded = load_grid(grid)
+    shard_spec = parse_shard(shard) if shard else None
+    if not static_only:
+        raise NectarGANError(
+            "timed measurements (throughput, memory, compile) are not available yet; "
+            "run the static profile with --static-only"
+        )
+    directory = out if out is not None else default_out_dir(loaded)
+    if resume and out is None:
+        raise NectarGANError("--resume needs --out: the run folder to continue")
+    progress = _progress(quiet)
+    task = None
+
+    def on_start(total: int) -> None:
+        nonlocal task
+        if progress is not None:
+            progress.start()
+            task = progress.add_task("profiling", total=total)
+
+    def on_row(spec, row) -> None:
+        if progress is not None and task is not None:
+            progress.update(task, advance=1, description=f"{spec.name} [{row['status']}]")
+
+    try:
+        result = run_static_sweep(loaded, directory, resume=resume, shard_spec=shard_spec,
+                                  on_start=on_start, on_row=on_row, command=_state["command"])
+    finally:
+        if progress is not None:
+            progress.stop()
+    rows = list(JsonlStore(directory).iter_rows())
+    env = read_env(directory)
+    written = write_reports(directory, rows, [env] if env else [], title=loaded.name)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items())) or "nothing new"
+    skipped = f", {result.skipped} already done" if result.skipped else ""
+    stderr.print(f"{result.planned} variants: {counts}{skipped}. Wrote {directory}/results.jsonl, "
+                 + ", ".join(p.name for p in written), highlight=False, soft_wrap=True)
+    _print_unsupported(rows)
+
+
+def _print_unsupported(rows: list[dict]) -> None:
+    from bench.profile import summarise_unsupported
+
+    seen = summarise_unsupported([r.get("fvcore_unsupported") or {} for r in rows if r.get("status") == "ok"])
+    if seen:
+        ops = ", ".join(f"{op} ({n})" for op, n in sorted(seen.items()))
+        stderr.print(f"fvcore skipped these operators in its MACs (variants affected): {ops}",
+                     highlight=False, soft_wrap=True)
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), console=stderr, transient=False,
+    )
+
+
+@app.command()
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="Run folders; several are merged (e.g. shards).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write [default: the folder itself, or a new merged-* folder].")
+    ] = None,
+) -> None:
+    """Regenerate results.csv, report.md and plots from run folders.
+
+    Example: nectargan-bench report results/runs/shard1 results/runs/shard2 --out results/runs/merged
+    """
+    from bench.report import report_dirs
+
+    for directory in dirs:
+        if not directory.is_dir():
+            raise NectarGANError(f"run folder {directory} does not exist")
+    _target, written = report_dirs(dirs, out)
+    stderr.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def compare(
+    dir_a: Annotated[Path, typer.Argument(help="Run folder A (the baseline).")],
+    dir_b: Annotated[Path, typer.Argument(help="Run folder B.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write compare.csv/.md [default: DIR_B].")] = None,
+) -> None:
+    """Print a markdown table of ratios B/A for the rows both runs have; write it as CSV and markdown.
+
+    Example: nectargan-bench compare results/runs/before results/runs/after
+    """
+    from bench.report import compare_dirs
+
+    for directory in (dir_a, dir_b):
+        if not directory.is_dir():
+            raise NectarGANError(f"run folder {directory} does not exist")
+    _table, markdown, written = compare_dirs(dir_a, dir_b, out)
+    typer.echo(markdown)
+    stderr.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning known errors into one line and a non-zero exit."""
     args = sys.argv[1:] if argv is None else argv
+    _state["command"] = shlex.join(["nectargan-bench", *args])
     try:
         result = app(args=args, prog_name="nectargan-bench", standalone_mode=False)
     except click_exceptions.UsageError as exc:

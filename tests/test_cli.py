@@ -16,25 +16,37 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"nectargan-bench {__version__}"
 
 
-def test_summary_prints_layers_and_total(capsys):
-    assert main(["summary", "--n-downs", "4", "--features", "8"]) == 0
+def test_profile_prints_layers_and_totals(capsys):
+    assert main(["profile", "--n-downs", "4", "--features", "8", "--input-size", "64"]) == 0
     out = capsys.readouterr().out
-    assert "initial_down" in out and "final_up" in out and "ups[4]" in out
+    assert "initial_down" in out and "final_up" in out and "ups.4" in out
     assert "457,931" in out  # total parameters of this variant
+    assert "conv counts agree" in out and "yes" in out
 
 
-def test_default_summary_total(capsys):
-    assert main(["summary"]) == 0
-    assert "54,404,675" in capsys.readouterr().out
+def test_profile_deeper_table(capsys):
+    assert main(["profile", "--n-downs", "3", "--features", "4", "--input-size", "32",
+                 "--block-type", "ResidualUnetBlock", "--depth", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "downs.0.residual.0" in out and "downs.0.conv.0" in out
+
+
+def test_default_profile_total(capsys):
+    assert main(["profile"]) == 0
+    out = capsys.readouterr().out
+    assert "54,404,675" in out and "12,096,372,736" in out and "6,060,064,768" in out
 
 
 @pytest.mark.parametrize(
     ("args", "code", "pattern"),
     [
-        (["summary", "--n-downs", "2"], 1, "n_downs=2 is not valid"),
-        (["summary", "--input-size", "384"], 1, "input_size=384 is not valid"),
-        (["summary", "--n-dwns", "3"], 2, "--n-downs"),
-        (["summary", "--block-type", "Foo"], 2, "UnetBlock"),
+        (["profile", "--n-downs", "2"], 1, "n_downs=2 is not valid"),
+        (["profile", "--input-size", "384"], 1, "input_size=384 is not valid"),
+        (["profile", "--n-dwns", "3"], 2, "--n-downs"),
+        (["profile", "--block-type", "Foo"], 1, "known blocks are 'UnetBlock', 'ResidualUnetBlock'"),
+        (["profile", "--upconv-type", "bilinear"], 2, "Bilinear"),
+        (["sweep", "nosuchgrid", "--static-only"], 1, "built-in grids: default, smoke"),
+        (["sweep", "smoke", "--static-only", "--shard", "3/2"], 1, "--shard '3/2' is not valid"),
     ],
 )
 def test_bad_input_is_one_line(capsys, args, code, pattern):
@@ -46,7 +58,7 @@ def test_bad_input_is_one_line(capsys, args, code, pattern):
 
 def test_console_script_exit_code_and_no_traceback():
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "summary", "--features", "0"], capture_output=True, text=True
+        [sys.executable, "-m", "bench", "profile", "--features", "0"], capture_output=True, text=True
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "features=0" in proc.stderr

@@ -1,0 +1,244 @@
+"""Reports from a results store: ``results.csv``, ``report.md`` and PNG plots (pandas, matplotlib).
+
+Reports only read rows; they never measure. Raw counts stay raw in the CSV; rounding to millions
+and GFLOPs happens only in the markdown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.env import ENV_FILE, read_env, write_json_atomic
+from bench.store import JsonlStore, MemoryStore, Row, merged_rows
+from nectargan.errors import NectarGANError
+
+VARIANT_COLUMNS = [
+    "variant", "n_downs", "features", "block_type", "upconv_type", "input_size", "in_channels",
+    "out_channels", "use_dropout_layers", "batch_size",
+]
+STATIC_COLUMNS = [
+    *VARIANT_COLUMNS, "status", "reason", "params", "param_mib", "macs", "flops_fwd", "flops_train",
+    "conv_macs_analytic", "conv_macs_fvcore", "conv_flops_counter", "counts_agree", "activations",
+    "warnings", "profile_s",
+]
+INT_COLUMNS = [
+    "n_downs", "features", "input_size", "in_channels", "out_channels", "use_dropout_layers", "batch_size",
+    "params", "macs", "flops_fwd", "flops_train", "conv_macs_analytic", "conv_macs_fvcore",
+    "conv_flops_counter", "activations",
+]
+# Columns compared by `compare` (ratio B/A), in this order, when both runs have them.
+COMPARED = ["params", "param_mib", "macs", "flops_fwd", "flops_train", "activations"]
+PLOT_FILE = "params_vs_gflops.png"
+STATUS_ORDER = ["ok", "invalid", "error", "oom", "timeout"]
+
+
+def static_frame(rows: list[Row]) -> pd.DataFrame:
+    """The static rows as a DataFrame with stable columns (integers stay integers, gaps are empty)."""
+    static = [r for r in rows if r.get("kind") == "static"]
+    frame = pd.DataFrame(static)
+    for column in STATIC_COLUMNS:
+        if column not in frame:
+            frame[column] = pd.NA
+    frame["warnings"] = frame["warnings"].map(lambda w: "; ".join(w) if isinstance(w, list) else "")
+    frame["reason"] = frame["reason"].fillna("")
+    for column in INT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    frame["counts_agree"] = frame["counts_agree"].astype("boolean")
+    extra = sorted(c for c in frame.columns if c not in STATIC_COLUMNS and c not in ("fvcore_unsupported",))
+    extra = [c for c in extra if c not in ("schema", "kind", "finished_at", "key")]
+    frame = frame[[*STATIC_COLUMNS, *extra, "key"]] if "key" in frame else frame[STATIC_COLUMNS]
+    frame["status"] = pd.Categorical(frame["status"], categories=STATUS_ORDER)
+    order = ["status", "n_downs", "features", "input_size", "block_type", "upconv_type"]
+    frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
+    frame["status"] = frame["status"].astype(str)
+    return frame
+
+
+def _millions(value: Any) -> str:
+    return "" if pd.isna(value) else f"{value / 1e6:,.2f}"
+
+
+def _giga(value: Any) -> str:
+    return "" if pd.isna(value) else f"{value / 1e9:,.3f}"
+
+
+def _env_lines(envs: list[dict[str, Any]]) -> list[str]:
+    lines = ["| host | CPU | GPU | torch | CUDA | fvcore | commit | grid | started |", "|" + "---|" * 9]
+    for env in envs:
+        git = env.get("git") or {}
+        commit = (git.get("commit") or "")[:10] + (" (dirty)" if git.get("dirty") else "")
+        grid_hash = (env.get("grid_sha256") or "")[:10]
+        shard = f", shard {env['shard']}" if env.get("shard") else ""
+        lines.append(
+            f"| {env.get('host', '')} | {env.get('cpu', '')} ({env.get('cpu_count', '')} cores) "
+            f"| {env.get('gpu') or 'none'} | {env.get('torch', '')} | {env.get('cuda') or '-'} "
+            f"| {env.get('fvcore', '')} | {commit} | {Path(env.get('grid') or '').name} {grid_hash}{shard} "
+            f"| {env.get('started_at', '')} |"
+        )
+    return lines
+
+
+def render_markdown(frame: pd.DataFrame, rows: list[Row], envs: list[dict[str, Any]], title: str) -> str:
+    """The report: environment, status summary, the table, a ranking, invalid rows, counter notes."""
+    ok = frame[frame["status"] == "ok"]
+    counts = frame["status"].value_counts().to_dict()
+    out = [f"# Static profile: {title}", ""]
+    out += ["## Environment", "", *_env_lines(envs), ""]
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "invalid", "error") if counts.get(s))
+    disagree = int((ok["counts_agree"] == False).sum())  # noqa: E712 - nullable boolean
+    out += [
+        "## Summary", "",
+        f"{len(frame)} variants: {summary or 'none'}. Counts are per image (batch 1); FLOPs count 2 per "
+        "multiply-add (torch.utils.flop_counter, convolutions only); MACs are fvcore's, which also counts "
+        "InstanceNorm and upsampling.",
+        "",
+        "The three convolution counts (closed form, fvcore, flop_counter) "
+        + ("agree exactly in every ok row." if disagree == 0 else f"**disagree in {disagree} row(s)**: see warnings."),
+        "",
+    ]
+    if len(ok):
+        table = pd.DataFrame({
+            "variant": ok["variant"],
+            "params (M)": ok["params"].map(_millions),
+            "fp32 MiB": ok["param_mib"].map(lambda v: f"{v:,.1f}"),
+            "GMACs (fvcore)": ok["macs"].map(_giga),
+            "GFLOPs fwd": ok["flops_fwd"].map(_giga),
+            "GFLOPs train": ok["flops_train"].map(_giga),
+            "activations (M)": ok["activations"].map(_millions),
+            "counts agree": ok["counts_agree"].map(lambda v: "yes" if v else "**no**"),
+        })
+        out += ["## Variants", "", table.to_markdown(index=False), ""]
+        ranked = ok.sort_values(["flops_fwd", "params"], kind="stable")
+        cheapest = ranked["flops_fwd"].iloc[0]
+        ranking = pd.DataFrame({
+            "rank": range(1, len(ranked) + 1),
+            "variant": ranked["variant"],
+            "GFLOPs fwd": ranked["flops_fwd"].map(_giga),
+            "x cheapest": ranked["flops_fwd"].map(lambda v: f"{v / cheapest:,.1f}"),
+            "params (M)": ranked["params"].map(_millions),
+        })
+        out += ["## Ranking (cheapest forward pass first)", "", ranking.to_markdown(index=False), "",
+                f"![parameters vs GFLOPs]({PLOT_FILE})", ""]
+    for status, heading in (("invalid", "Invalid combinations"), ("error", "Errors")):
+        bad = frame[frame["status"] == status]
+        if len(bad):
+            listing = bad[["variant", "reason"]].copy()
+            listing["reason"] = listing["reason"].str.replace("|", "\\|", regex=False)
+            out += [f"## {heading}", "", listing.to_markdown(index=False), ""]
+    unsupported = Counter()
+    for row in rows:
+        unsupported.update((row.get("fvcore_unsupported") or {}).keys())
+    if unsupported:
+        ops = ", ".join(f"`{op}` ({n})" for op, n in sorted(unsupported.items()))
+        out += ["## Counter notes", "",
+                f"fvcore does not count these operators (variants affected): {ops}. They are elementwise "
+                "and do not change the convolution counts.", ""]
+    return "\n".join(out)
+
+
+def plot_params_vs_gflops(frame: pd.DataFrame, path: Path) -> Path | None:
+    """Scatter of parameters against forward GFLOPs, one colour per block x upconv type."""
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    for (block, upconv), group in ok.groupby(["block_type", "upconv_type"], sort=True):
+        ax.scatter(group["flops_fwd"].astype(float) / 1e9, group["params"].astype(float) / 1e6,
+                   label=f"{block} + {upconv}", alpha=0.8, s=36)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("forward GFLOPs per image (log)")
+    ax.set_ylabel("parameters, millions (log)")
+    ax.set_title("UNet generator variants: size vs cost")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_reports(directory: Path, rows: list[Row], envs: list[dict[str, Any]], title: str) -> list[Path]:
+    """Write results.csv, report.md and the plot into ``directory``; return the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    frame = static_frame(rows)
+    written = []
+    csv_path = directory / "results.csv"
+    frame.drop(columns=["key"], errors="ignore").to_csv(csv_path, index=False)
+    written.append(csv_path)
+    plot = plot_params_vs_gflops(frame, directory / PLOT_FILE)
+    if plot:
+        written.append(plot)
+    md_path = directory / "report.md"
+    md_path.write_text(render_markdown(frame, rows, envs, title) + "\n", encoding="utf-8")
+    written.append(md_path)
+    return written
+
+
+def report_dirs(directories: list[Path], out: Path | None = None) -> tuple[Path, list[Path]]:
+    """Regenerate reports from one run folder (in place) or merge several into ``out``."""
+    if not directories:
+        raise NectarGANError("report needs at least one run folder")
+    rows = merged_rows(directories)
+    envs = [env for d in directories if (env := read_env(d)) is not None]
+    if out is None:
+        if len(directories) == 1:
+            out = directories[0]
+        else:
+            out = Path("results/runs") / f"merged-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if len(directories) > 1 or out.resolve() != directories[0].resolve():
+        store = JsonlStore(out)
+        if store.exists():
+            raise NectarGANError(f"--out {out} already holds results; choose an empty folder")
+        for row in MemoryStore(rows).iter_rows():
+            store.append(row)
+        write_json_atomic(out / ENV_FILE, {"merged_from": [str(d) for d in directories], "sources": envs})
+    title = " + ".join(d.name for d in directories)
+    return out, write_reports(out, rows, envs, title)
+
+
+def compare_frames(rows_a: list[Row], rows_b: list[Row]) -> pd.DataFrame:
+    """For the ok rows both runs have: each compared figure in A and B and the ratio B/A."""
+    a = static_frame(rows_a)
+    b = static_frame(rows_b)
+    a, b = a[a["status"] == "ok"], b[b["status"] == "ok"]
+    joined = a.merge(b, on="key", suffixes=("_a", "_b"))
+    out = pd.DataFrame({"variant": joined["variant_a"]})
+    for column in COMPARED:
+        va = joined[f"{column}_a"].astype(float)
+        vb = joined[f"{column}_b"].astype(float)
+        out[f"{column}_a"], out[f"{column}_b"] = va, vb
+        out[f"{column}_ratio"] = (vb / va).where(va != 0)
+    return out.reset_index(drop=True)
+
+
+def compare_dirs(dir_a: Path, dir_b: Path, out: Path | None = None) -> tuple[pd.DataFrame, str, list[Path]]:
+    """Write compare.csv and compare.md (into ``out``, default DIR_B); return the table and markdown."""
+    rows_a, rows_b = merged_rows([dir_a]), merged_rows([dir_b])
+    table = compare_frames(rows_a, rows_b)
+    only_a = len({r["key"] for r in rows_a} - {r["key"] for r in rows_b})
+    only_b = len({r["key"] for r in rows_b} - {r["key"] for r in rows_a})
+    ratios = table[["variant", *[f"{c}_ratio" for c in COMPARED]]].rename(
+        columns={f"{c}_ratio": f"{c} B/A" for c in COMPARED}
+    )
+    markdown = "\n".join([
+        f"# Compare: B = {dir_b.name} over A = {dir_a.name}", "",
+        f"{len(table)} rows in both (ok in both); {only_a} only in A, {only_b} only in B.", "",
+        ratios.to_markdown(index=False, floatfmt=".3f") if len(ratios) else "_No rows in common._", "",
+    ])
+    out = out or dir_b
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / "compare.csv", out / "compare.md"
+    table.to_csv(csv_path, index=False)
+    md_path.write_text(markdown, encoding="utf-8")
+    return table, markdown, [csv_path, md_path]
