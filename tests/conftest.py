@@ -6,3 +6,13 @@ import torch
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory):
+    """The shipped dataset builder's output: 64 px edges2photo, 60 pairs (48/6/6)."""
+    from nectargan.data.samples import build_sample_dataset
+
+    root = tmp_path_factory.mktemp("edges64")
+    build_sample_dataset(root, "edges2photo", size=64, count=60, seed=0)
+    return root
