@@ -26,21 +26,32 @@ class Discriminator(nn.Module):
         base_channels: Channels of the first conv; doubled per hidden layer up to ``max_channels``.
         n_layers: 1 + the number of hidden blocks; 3 gives 34x34 patches, 4 the classic 70x70.
         max_channels: Cap on the channels of any layer.
+        target_channels: Channels of ``y`` when they differ from ``x``'s (keyword only; default
+            ``in_channels``, as in NectarGAN), e.g. 1 -> 3 for colourisation.
     """
 
     def __init__(
-        self, in_channels: int = 3, base_channels: int = 64, n_layers: int = 3, max_channels: int = 512
+        self,
+        in_channels: int = 3,
+        base_channels: int = 64,
+        n_layers: int = 3,
+        max_channels: int = 512,
+        *,
+        target_channels: int | None = None,
     ) -> None:
         super().__init__()
         require_int("in_channels", in_channels, minimum=1)
+        if target_channels is not None:
+            require_int("target_channels", target_channels, minimum=1)
         require_int("base_channels", base_channels, minimum=1)
         require_int("n_layers", n_layers, minimum=1)
         require_int("max_channels", max_channels, minimum=1)
         self.in_channels = in_channels
+        self.target_channels = in_channels if target_channels is None else target_channels
         self.n_layers = n_layers
         layers: list[nn.Module] = [
             nn.Conv2d(
-                2 * in_channels, base_channels, kernel_size=_KERNEL, stride=2, padding=1,
+                in_channels + self.target_channels, base_channels, kernel_size=_KERNEL, stride=2, padding=1,
                 padding_mode="reflect",
             ),
             nn.LeakyReLU(0.2, inplace=True),

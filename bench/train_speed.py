@@ -1,0 +1,176 @@
+"""Benchmark: img/s of the pix2pix training step, ours against a NectarGAN-like loop, in one run.
+
+Run ``python -m bench.train_speed --help``. The NectarGAN-like loop is the straightforward step
+NectarGAN's trainer takes: eager, fp32 (or its fp16 autocast where asked), D scores real and fake
+in two calls, D stays trainable during G's backward, default Adam, and ``.item()`` on every loss
+every step (a host sync per loss). Ours is :class:`~nectargan.train.step.Pix2PixStep` with the
+settings given. Both train the same G and D architectures on the same preloaded random batches.
+
+Method: after warm-up (which includes compilation), blocks of steps alternate between the two
+loops (ABAB...), so a drifting machine affects both alike; each block runs at least
+``--min-block-s`` seconds, timed with CUDA events on GPU and perf_counter on CPU. A figure is the
+median img/s over the blocks; the interquartile range is shown beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nectargan.models.patchgan.model import Discriminator
+from nectargan.models.unet.model import UnetGenerator
+from nectargan.train.config import TrainConfig, resolve
+from nectargan.train.step import Pix2PixStep
+
+
+def nectargan_like_step(generator, discriminator, opt_g, opt_d, lambda_l1: float):
+    """The reference step: two D calls, D trainable in G's step, three ``.item()`` syncs per step."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        fake = generator(x)
+        d_real = discriminator(x, y)
+        d_fake = discriminator(x, fake.detach())
+        loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))) / 2
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        d_fake = discriminator(x, fake)
+        loss_gan = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+        loss_l1 = F.l1_loss(fake, y) * lambda_l1
+        loss_g = loss_gan + loss_l1
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        _ = (loss_d.item(), loss_gan.item(), loss_l1.item())
+
+    return step
+
+
+def _repeat(step: Callable[..., object], *inputs: torch.Tensor) -> Callable[[int], None]:
+    """A function that runs ``step(*inputs)`` n times."""
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            step(*inputs)
+
+    return run
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
+    def run(fn: Callable[[], None]) -> float:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000
+        begin = time.perf_counter()
+        fn()
+        return time.perf_counter() - begin
+
+    return run
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    torch.manual_seed(0)
+    rows = []
+    gen_kwargs = {"input_size": args.size, "n_downs": args.n_downs, "features": args.features}
+    for batch in args.batch_sizes:
+        config = TrainConfig(data="-", generator=gen_kwargs, batch_size=batch, steps=1, device=args.device,
+                             precision=args.precision, compile=args.compile, channels_last=args.channels_last,
+                             d_layers=args.d_layers)
+        run = resolve(config)
+        timer = _timer(run.device)
+        x = torch.rand(batch, 3, args.size, args.size, device=run.device) * 2 - 1
+        y = torch.rand(batch, 3, args.size, args.size, device=run.device) * 2 - 1
+
+        g_ref = UnetGenerator(**gen_kwargs).to(run.device)
+        d_ref = Discriminator(n_layers=args.d_layers).to(run.device)
+        ref = nectargan_like_step(g_ref, d_ref, torch.optim.Adam(g_ref.parameters(), 2e-4, betas=(0.5, 0.999)),
+                                  torch.optim.Adam(d_ref.parameters(), 2e-4, betas=(0.5, 0.999)), 100.0)
+        fmt = torch.channels_last if run.channels_last else torch.preserve_format
+        g_ours = UnetGenerator(**gen_kwargs).to(run.device, memory_format=fmt)
+        d_ours = Discriminator(n_layers=args.d_layers).to(run.device, memory_format=fmt)
+        ours_step = Pix2PixStep(g_ours, d_ours, config, run)
+        xo, yo = ours_step.prepare(x), ours_step.prepare(y)
+
+        # NectarGAN's default batch size is 1, so the reference loop runs at 1.
+        candidates = {
+            "nectargan-like": (_repeat(ref, x[:1], y[:1]), 1),
+            "ours": (_repeat(ours_step, xo, yo), batch),
+        }
+        start = time.perf_counter()
+        for fn, _ in candidates.values():  # warm-up, compilation included
+            fn(args.warmup)
+        warmup_s = time.perf_counter() - start
+        calls = {name: max(1, int(args.min_block_s / max(timer(lambda f=fn: f(1)), 1e-6)))
+                 for name, (fn, _) in candidates.items()}
+        samples: dict[str, list[float]] = {name: [] for name in candidates}
+        for _ in range(args.blocks):
+            for name, (fn, images) in candidates.items():
+                seconds = timer(lambda f=fn, n=calls[name]: f(n))
+                samples[name].append(calls[name] * images / seconds)
+        for name, values in samples.items():
+            q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+            rows.append({
+                "batch_size": batch if name == "ours" else 1, "loop": name, "device": str(run.device),
+                "precision": run.precision if name == "ours" else "fp32",
+                "compile": run.compile if name == "ours" else False,
+                "channels_last": run.channels_last if name == "ours" else False,
+                "img_per_s": statistics.median(values), "iqr_img_per_s": q[2] - q[0],
+                "blocks": len(values), "steps_per_block": calls[name], "warmup_s": warmup_s,
+            })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--n-downs", type=int, default=3)
+    parser.add_argument("--features", type=int, default=16)
+    parser.add_argument("--d-layers", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "tf32", "bf16", "fp16"])
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--blocks", type=int, default=5)
+    parser.add_argument("--min-block-s", type=float, default=0.5)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    from rich.console import Console
+    from rich.table import Table
+
+    from nectargan.errors import NectarGANError
+
+    try:
+        rows = measure(args)
+    except NectarGANError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    table = Table(title=f"pix2pix train step, {args.size} px, n_downs {args.n_downs}, features {args.features}")
+    for column in ("loop", "batch", "device", "precision", "compile", "img/s", "IQR", "blocks"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["loop"], str(r["batch_size"]), r["device"], r["precision"], str(r["compile"]),
+                      f"{r['img_per_s']:,.1f}", f"{r['iqr_img_per_s']:,.1f}", f"{r['blocks']} x {r['steps_per_block']}")
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""pix2pix training of a UnetGenerator against a PatchGAN discriminator (``fit``)."""
+
+from nectargan.train.config import TrainConfig, resolve, resolve_device
+from nectargan.train.loop import METRIC_COLUMNS, NonFiniteLossError, evaluate, fit
+from nectargan.train.step import Pix2PixStep
+
+__all__ = [
+    "METRIC_COLUMNS", "NonFiniteLossError", "Pix2PixStep", "TrainConfig", "evaluate", "fit", "resolve",
+    "resolve_device",
+]

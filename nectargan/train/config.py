@@ -1,0 +1,142 @@
+"""Training settings, and how ``auto`` settings resolve on a device."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from nectargan.errors import InvalidArgumentError
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` in the fast-path switches means "on for CUDA, off for CPU".
+
+    The budget is ``steps`` and/or ``seconds`` (whichever ends first); the learning rate stays at
+    ``lr`` for the first ``1 - decay_fraction`` of the budget, then falls linearly to 0 (pix2pix's
+    linear policy, on the fraction of the budget spent instead of epochs).
+    """
+
+    data: str
+    out: str | None = None
+    generator: dict[str, Any] = field(default_factory=lambda: {"input_size": 256})
+    d_layers: int = 3
+    d_features: int = 64
+    batch_size: int = 1
+    steps: int | None = None
+    seconds: float | None = None
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lambda_gan: float = 1.0
+    lambda_l1: float = 100.0
+    decay_fraction: float = 0.5
+    direction: str = "AtoB"
+    load_size: int | None = None
+    eval_every: int = 200
+    log_every: int = 20
+    sample_count: int = 4
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool | None = None
+    preload: bool | None = None
+    num_workers: int = 2
+    save_checkpoints: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidArgumentError` naming the first bad setting."""
+        if self.steps is None and self.seconds is None:
+            raise InvalidArgumentError("a budget is needed: give steps and/or seconds")
+        checks = [
+            ("steps", self.steps, self.steps is None or (isinstance(self.steps, int) and self.steps >= 1), ">= 1"),
+            ("seconds", self.seconds, self.seconds is None or (_real(self.seconds) and self.seconds > 0), "> 0"),
+            ("batch_size", self.batch_size, isinstance(self.batch_size, int) and self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr, _real(self.lr) and self.lr > 0, "> 0"),
+            ("beta1", self.beta1, _real(self.beta1) and 0 <= self.beta1 < 1, "in [0, 1)"),
+            ("beta2", self.beta2, _real(self.beta2) and 0 <= self.beta2 < 1, "in [0, 1)"),
+            ("lambda_gan", self.lambda_gan, _real(self.lambda_gan) and self.lambda_gan >= 0, ">= 0"),
+            ("lambda_l1", self.lambda_l1, _real(self.lambda_l1) and self.lambda_l1 >= 0, ">= 0"),
+            ("decay_fraction", self.decay_fraction, _real(self.decay_fraction) and 0 <= self.decay_fraction <= 1,
+             "in [0, 1]"),
+            ("eval_every", self.eval_every, isinstance(self.eval_every, int) and self.eval_every >= 0, ">= 0"),
+            ("log_every", self.log_every, isinstance(self.log_every, int) and self.log_every >= 1, ">= 1"),
+            ("d_layers", self.d_layers, isinstance(self.d_layers, int) and self.d_layers >= 1, ">= 1"),
+            ("precision", self.precision, self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+            ("direction", self.direction, self.direction in ("AtoB", "BtoA"), "'AtoB' or 'BtoA'"),
+        ]
+        for name, value, ok, rule in checks:
+            if not ok:
+                raise InvalidArgumentError(f"{name}={value!r} is not valid: it must be {rule}")
+
+    def lr_factor(self, progress: float) -> float:
+        """Learning-rate multiplier at ``progress`` (0..1 of the budget spent)."""
+        start = 1.0 - self.decay_fraction
+        if progress <= start or self.decay_fraction == 0:
+            return 1.0
+        return max(0.0, (1.0 - progress) / self.decay_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The concrete device and fast-path settings a run uses (``auto`` decided)."""
+
+    device: torch.device
+    precision: str
+    channels_last: bool
+    compile: bool
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a CUDA device that is not there is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InvalidArgumentError(f"device={name!r} is not valid: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(
+                f"device={name!r}: CUDA is not available here (torch {torch.__version__}); use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidArgumentError(
+                f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif device.type != "cpu":
+        raise InvalidArgumentError(f"device={name!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve(config: TrainConfig) -> Resolved:
+    device = resolve_device(config.device)
+    cuda = device.type == "cuda"
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("fp16", "tf32") and not cuda:
+        raise InvalidArgumentError(f"precision={precision!r} needs CUDA; on the CPU use fp32 or bf16")
+    return Resolved(
+        device=device,
+        precision=precision,
+        channels_last=cuda if config.channels_last is None else config.channels_last,
+        compile=cuda if config.compile is None else config.compile,
+    )
