@@ -62,3 +62,38 @@ def test_console_script_exit_code_and_no_traceback():
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "features=0" in proc.stderr
+
+
+def test_dataset_and_train_commands(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["dataset", "--task", "gray2color", "--out", str(data), "--size", "32", "--count", "12"]) == 0
+    assert len(list((data / "train").glob("*.png"))) == 10
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--input-size", "32", "--n-downs", "3",
+                 "--features", "4", "--steps", "6", "--batch-size", "2", "--eval-every", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "6 steps" in err and "val L1" in err
+    assert (out / "metrics.csv").exists() and (out / "netG.pth.tar").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["dataset", "--task", "gray2color", "--out", "X", "--size", "8"], "size=8 is not valid"),
+        (["train", "--data", "X", "--out", "Y"], "give a budget"),
+        (["train", "--data", "/nonexistent", "--out", "Y", "--steps", "1"], "/nonexistent does not exist"),
+        (["train", "--data", "X", "--out", "Y", "--steps", "1", "--n-downs", "2"], "n_downs=2 is not valid"),
+    ],
+)
+def test_train_and_dataset_errors(capsys, args, pattern):
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and pattern in err and err.count("\n") == 0
+
+
+def test_train_on_missing_cuda_is_one_line(tmp_path, capsys, sample_dataset):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", "--data", str(sample_dataset), "--out", str(tmp_path / "r"), "--steps", "1",
+                 "--input-size", "64", "--n-downs", "3", "--device", "cuda"]) == 1
+    assert "CUDA is not available" in capsys.readouterr().err
