@@ -121,7 +121,18 @@ def load_grid(grid: str | Path) -> Grid:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise GridError(f"grid file {path} is not UTF-8 text") from None
-    return parse_grid(text, name=path.stem, source=str(path), sha256=hashlib.sha256(raw).hexdigest())
+    return parse_grid(text, name=path.stem, source=_display_path(path), sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working folder or the project when inside them, else absolute."""
+    resolved = path.resolve()
+    for base in (Path.cwd(), BUILTIN_GRIDS.parent.parent):
+        try:
+            return resolved.relative_to(base.resolve()).as_posix()
+        except ValueError:
+            continue
+    return str(resolved)
 
 
 def parse_grid(text: str, name: str = "grid", source: str = "<string>", sha256: str = "") -> Grid:
