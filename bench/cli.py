@@ -81,7 +81,7 @@ def profile(
     input_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = 256,
     in_channels: Annotated[int, typer.Option(help="Input image channels.")] = 3,
     out_channels: Annotated[
-        int | None, typer.Option(help="Output image channels [default: in-channels].")
+        int | None, typer.Option(help="Output image channels (default: in-channels).")
     ] = None,
     use_dropout_layers: Annotated[int, typer.Option(help="Up layers with dropout, deepest first.")] = 3,
     depth: Annotated[int, typer.Option(min=1, max=4, help="Module depth of the table (1: layers).")] = 1,
@@ -136,7 +136,7 @@ def sweep(
         bool, typer.Option("--static-only", help="Count parameters, FLOPs and activations; no timing.")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option(help="Run folder [default: results/runs/<grid>-<timestamp>].")
+        Path | None, typer.Option(help="Run folder (default: results/runs/<grid>-<timestamp>).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished rows.")] = False,
     shard: Annotated[
@@ -169,7 +169,7 @@ def sweep(
 
     def on_start(total: int) -> None:
         nonlocal task
-        if progress is not None:
+        if progress is not None and total:
             progress.start()
             task = progress.add_task("profiling", total=total)
 
@@ -180,9 +180,14 @@ def sweep(
     try:
         result = run_static_sweep(loaded, directory, resume=resume, shard_spec=shard_spec,
                                   on_start=on_start, on_row=on_row, command=_state["command"])
-    finally:
-        if progress is not None:
+    except KeyboardInterrupt:
+        if progress is not None and task is not None:
             progress.stop()
+        stderr.print(f"Interrupted. Finished rows are kept in {directory}/results.jsonl; continue with "
+                     f"--out {directory} --resume", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    if progress is not None and task is not None:
+        progress.stop()
     rows = list(JsonlStore(directory).iter_rows())
     env = read_env(directory)
     written = write_reports(directory, rows, [env] if env else [], title=loaded.name)
@@ -191,6 +196,11 @@ def sweep(
     stderr.print(f"{result.planned} variants: {counts}{skipped}. Wrote {directory}/results.jsonl, "
                  + ", ".join(p.name for p in written), highlight=False, soft_wrap=True)
     _print_unsupported(rows)
+    failed = [r for r in rows if r.get("status") == "error"]
+    if failed:
+        stderr.print(f"Error: {len(failed)} variant(s) failed to profile (status=error); see the reason "
+                     f"column of {directory}/results.csv", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _print_unsupported(rows: list[dict]) -> None:
@@ -225,7 +235,7 @@ def _progress(quiet: bool):
 def report(
     dirs: Annotated[list[Path], typer.Argument(help="Run folders; several are merged (e.g. shards).")],
     out: Annotated[
-        Path | None, typer.Option(help="Where to write [default: the folder itself, or a new merged-* folder].")
+        Path | None, typer.Option(help="Where to write (default: the folder itself; for several, merged-<time>).")
     ] = None,
 ) -> None:
     """Regenerate results.csv, report.md and plots from run folders.
@@ -245,7 +255,9 @@ def report(
 def compare(
     dir_a: Annotated[Path, typer.Argument(help="Run folder A (the baseline).")],
     dir_b: Annotated[Path, typer.Argument(help="Run folder B.")],
-    out: Annotated[Path | None, typer.Option(help="Where to write compare.csv/.md [default: DIR_B].")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write compare.csv/.md (default: results/runs/compare-A-vs-B).")
+    ] = None,
 ) -> None:
     """Print a markdown table of ratios B/A for the rows both runs have; write it as CSV and markdown.
 
@@ -256,6 +268,8 @@ def compare(
     for directory in (dir_a, dir_b):
         if not directory.is_dir():
             raise NectarGANError(f"run folder {directory} does not exist")
+    if out is None:
+        out = Path("results/runs") / f"compare-{dir_a.name}-vs-{dir_b.name}"
     _table, markdown, written = compare_dirs(dir_a, dir_b, out)
     typer.echo(markdown)
     stderr.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
@@ -304,7 +318,7 @@ def train(
     upconv_type: Annotated[UpconvChoice, typer.Option(help="Upsampling.")] = UpconvChoice.Transposed,
     input_size: Annotated[int, typer.Option(help="Crop side in pixels (the generator's input_size).")] = 256,
     in_channels: Annotated[int, typer.Option(help="Input image channels.")] = 3,
-    out_channels: Annotated[int | None, typer.Option(help="Output channels [default: in-channels].")] = None,
+    out_channels: Annotated[int | None, typer.Option(help="Output channels (default: in-channels).")] = None,
     use_dropout_layers: Annotated[int, typer.Option(help="Up layers with dropout, deepest first.")] = 3,
     steps: Annotated[int | None, typer.Option(help="Budget in steps.")] = None,
     seconds: Annotated[float | None, typer.Option(help="Budget in seconds (whichever ends first).")] = None,
@@ -321,9 +335,11 @@ def train(
     precision: Annotated[
         PrecisionChoice, typer.Option(help="auto: bf16 on CUDA, fp32 on CPU.")
     ] = PrecisionChoice.auto,
-    channels_last: Annotated[bool | None, typer.Option(help="[default: on for CUDA]")] = None,
-    compile: Annotated[bool | None, typer.Option(help="torch.compile the step [default: on for CUDA].")] = None,
-    preload: Annotated[bool | None, typer.Option(help="Hold the data on the device [default: if it fits].")] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option(help="channels_last memory format (default: on for CUDA).")
+    ] = None,
+    compile: Annotated[bool | None, typer.Option(help="torch.compile the step (default: on for CUDA).")] = None,
+    preload: Annotated[bool | None, typer.Option(help="Hold the data on the device (default: if it fits).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; one line at the end.")] = False,
 ) -> None:
     """Train a generator against a PatchGAN discriminator (pix2pix objective) and evaluate it.
@@ -405,8 +421,11 @@ class _TrainProgress:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning known errors into one line and a non-zero exit."""
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
     _state["command"] = shlex.join(["nectargan-bench", *args])
+    debug = "--debug" in args
+    if debug:  # accepted anywhere on the line, not only before the command
+        args = ["--debug", *[a for a in args if a != "--debug"]]
     try:
         result = app(args=args, prog_name="nectargan-bench", standalone_mode=False)
     except click_exceptions.UsageError as exc:
@@ -420,12 +439,27 @@ def main(argv: list[str] | None = None) -> int:
         stderr.print("Aborted.")
         return 130
     except NectarGANError as exc:
-        if _state["debug"] or "--debug" in args:
+        if debug:
             raise
-        message = " ".join(str(exc).split())
-        stderr.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
-        return 1
+        return _one_line_error(str(exc))
+    except OSError as exc:
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        return _one_line_error(f"{exc.strerror or exc}{where}")
+    except Exception as exc:  # the promise: never a traceback without --debug
+        if debug:
+            raise
+        return _one_line_error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
     return result if isinstance(result, int) else 0
+
+
+def _one_line_error(message: str) -> int:
+    text = " ".join(message.split())
+    if len(text) > 400:
+        text = text[:400] + "..."
+    stderr.print(f"Error: {text}", markup=False, highlight=False, soft_wrap=True)
+    return 1
 
 
 if __name__ == "__main__":

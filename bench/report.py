@@ -32,7 +32,7 @@ INT_COLUMNS = [
     "conv_flops_counter", "activations",
 ]
 # Columns compared by `compare` (ratio B/A), in this order, when both runs have them.
-COMPARED = ["params", "param_mib", "macs", "flops_fwd", "flops_train", "activations"]
+COMPARED = ["params", "macs", "flops_fwd", "flops_train", "activations"]
 PLOT_FILE = "params_vs_gflops.png"
 STATUS_ORDER = ["ok", "invalid", "error", "oom", "timeout"]
 
@@ -54,9 +54,19 @@ def static_frame(rows: list[Row]) -> pd.DataFrame:
     frame = frame[[*STATIC_COLUMNS, *extra, "key"]] if "key" in frame else frame[STATIC_COLUMNS]
     frame["status"] = pd.Categorical(frame["status"], categories=STATUS_ORDER)
     order = ["status", "n_downs", "features", "input_size", "block_type", "upconv_type"]
-    frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(order, kind="stable", key=_natural_order).reset_index(drop=True)
     frame["status"] = frame["status"].astype(str)
     return frame
+
+
+def _natural_order(column: pd.Series) -> pd.Series:
+    """Blocks in registry order and upsampling as declared (UnetBlock, Transposed first)."""
+    from nectargan.models.unet.blocks import UPCONV_TYPES, list_blocks
+
+    known = {"block_type": list_blocks(), "upconv_type": list(UPCONV_TYPES)}.get(str(column.name))
+    if known is None:
+        return column
+    return column.map(lambda v: known.index(v) if v in known else len(known))
 
 
 def _millions(value: Any) -> str:
@@ -64,7 +74,14 @@ def _millions(value: Any) -> str:
 
 
 def _giga(value: Any) -> str:
-    return "" if pd.isna(value) else f"{value / 1e9:,.3f}"
+    """Four significant figures, so tiny and large variants both read well."""
+    return "" if pd.isna(value) else f"{value / 1e9:#.4g}".rstrip(".")
+
+
+def _markdown(frame: pd.DataFrame, text_columns: int = 1) -> str:
+    """A markdown table that keeps the strings as formatted; the first columns left, numbers right."""
+    align = ["left"] * text_columns + ["right"] * (len(frame.columns) - text_columns)
+    return frame.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def _env_lines(envs: list[dict[str, Any]]) -> list[str]:
@@ -112,24 +129,24 @@ def render_markdown(frame: pd.DataFrame, rows: list[Row], envs: list[dict[str, A
             "activations (M)": ok["activations"].map(_millions),
             "counts agree": ok["counts_agree"].map(lambda v: "yes" if v else "**no**"),
         })
-        out += ["## Variants", "", table.to_markdown(index=False), ""]
+        out += ["## Variants", "", _markdown(table), ""]
         ranked = ok.sort_values(["flops_fwd", "params"], kind="stable")
         cheapest = ranked["flops_fwd"].iloc[0]
         ranking = pd.DataFrame({
-            "rank": range(1, len(ranked) + 1),
+            "rank": [str(i) for i in range(1, len(ranked) + 1)],
             "variant": ranked["variant"],
             "GFLOPs fwd": ranked["flops_fwd"].map(_giga),
-            "x cheapest": ranked["flops_fwd"].map(lambda v: f"{v / cheapest:,.1f}"),
+            "x cheapest": ranked["flops_fwd"].map(lambda v: f"{v / cheapest:,.2f}"),
             "params (M)": ranked["params"].map(_millions),
         })
-        out += ["## Ranking (cheapest forward pass first)", "", ranking.to_markdown(index=False), "",
+        out += ["## Ranking (cheapest forward pass first)", "", _markdown(ranking, text_columns=2), "",
                 f"![parameters vs GFLOPs]({PLOT_FILE})", ""]
     for status, heading in (("invalid", "Invalid combinations"), ("error", "Errors")):
         bad = frame[frame["status"] == status]
         if len(bad):
             listing = bad[["variant", "reason"]].copy()
             listing["reason"] = listing["reason"].str.replace("|", "\\|", regex=False)
-            out += [f"## {heading}", "", listing.to_markdown(index=False), ""]
+            out += [f"## {heading}", "", _markdown(listing, text_columns=2), ""]
     unsupported = Counter()
     for row in rows:
         unsupported.update((row.get("fvcore_unsupported") or {}).keys())
@@ -174,7 +191,10 @@ def write_reports(directory: Path, rows: list[Row], envs: list[dict[str, Any]], 
     frame = static_frame(rows)
     written = []
     csv_path = directory / "results.csv"
-    frame.drop(columns=["key"], errors="ignore").to_csv(csv_path, index=False)
+    csv_frame = frame.drop(columns=["key"], errors="ignore")
+    csv_frame["param_mib"] = pd.to_numeric(csv_frame["param_mib"]).round(4)
+    csv_frame["profile_s"] = pd.to_numeric(csv_frame["profile_s"]).round(3)
+    csv_frame.to_csv(csv_path, index=False)
     written.append(csv_path)
     plot = plot_params_vs_gflops(frame, directory / PLOT_FILE)
     if plot:
@@ -196,6 +216,8 @@ def report_dirs(directories: list[Path], out: Path | None = None) -> tuple[Path,
             out = directories[0]
         else:
             out = Path("results/runs") / f"merged-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise NectarGANError(f"--out {out} exists and is not a folder")
     if len(directories) > 1 or out.resolve() != directories[0].resolve():
         store = JsonlStore(out)
         if store.exists():
@@ -203,7 +225,10 @@ def report_dirs(directories: list[Path], out: Path | None = None) -> tuple[Path,
         for row in MemoryStore(rows).iter_rows():
             store.append(row)
         write_json_atomic(out / ENV_FILE, {"merged_from": [str(d) for d in directories], "sources": envs})
-    title = " + ".join(d.name for d in directories)
+    names = [Path(env["grid"]).stem for env in envs if env.get("grid")]
+    title = " + ".join(dict.fromkeys(names)) if len(names) == len(directories) else " + ".join(
+        d.name for d in directories
+    )
     return out, write_reports(out, rows, envs, title)
 
 
@@ -215,10 +240,10 @@ def compare_frames(rows_a: list[Row], rows_b: list[Row]) -> pd.DataFrame:
     joined = a.merge(b, on="key", suffixes=("_a", "_b"))
     out = pd.DataFrame({"variant": joined["variant_a"]})
     for column in COMPARED:
-        va = joined[f"{column}_a"].astype(float)
-        vb = joined[f"{column}_b"].astype(float)
+        va, vb = joined[f"{column}_a"], joined[f"{column}_b"]
         out[f"{column}_a"], out[f"{column}_b"] = va, vb
-        out[f"{column}_ratio"] = (vb / va).where(va != 0)
+        ratio = vb.astype(float) / va.astype(float)
+        out[f"{column}_ratio"] = ratio.where(va.astype(float) != 0)
     return out.reset_index(drop=True)
 
 
@@ -236,7 +261,9 @@ def compare_dirs(dir_a: Path, dir_b: Path, out: Path | None = None) -> tuple[pd.
         f"{len(table)} rows in both (ok in both); {only_a} only in A, {only_b} only in B.", "",
         ratios.to_markdown(index=False, floatfmt=".3f") if len(ratios) else "_No rows in common._", "",
     ])
-    out = out or dir_b
+    out = out or Path("results/runs") / f"compare-{dir_a.name}-vs-{dir_b.name}"
+    if out.exists() and not out.is_dir():
+        raise NectarGANError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "compare.csv", out / "compare.md"
     table.to_csv(csv_path, index=False)

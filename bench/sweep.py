@@ -82,6 +82,17 @@ def prepare_run_dir(
     env = read_env(directory)
     now = collect_env(grid.source, grid.sha256, command)
     now["shard"] = f"{shard_spec[0]}/{shard_spec[1]}" if shard_spec else None
+    if env is not None and resume and store.exists():
+        if env.get("grid_sha256") != grid.sha256:
+            raise NectarGANError(
+                f"{directory} was started with grid {env.get('grid')} (sha256 {str(env.get('grid_sha256'))[:12]}), "
+                f"not {grid.source} (sha256 {grid.sha256[:12]}); resume with the same grid file or choose another --out"
+            )
+        if env.get("shard") != now["shard"]:
+            raise NectarGANError(
+                f"{directory} was started with --shard {env.get('shard') or '(none)'}, not "
+                f"{now['shard'] or '(none)'}; resume with the same shard or choose another --out"
+            )
     if env is None:
         write_json_atomic(directory / ENV_FILE, now)
         return
@@ -105,8 +116,15 @@ def run_static_sweep(
     Rows already in the store are skipped when resuming, so each variant is written exactly once.
     """
     variants = grid.variants()
+    if not variants:
+        raise NectarGANError(f"grid {grid.source} has no variants (exclude removed every combination)")
     if shard_spec is not None:
+        total = len(variants)
         variants = shard(variants, *shard_spec)
+        if not variants:
+            raise NectarGANError(
+                f"--shard {shard_spec[0]}/{shard_spec[1]} is empty: the grid has only {total} variants"
+            )
     prepare_run_dir(directory, grid, resume, shard_spec, command)
     store = JsonlStore(directory)
     done = store.keys()

@@ -23,6 +23,11 @@ class VariantSpec:
     use_dropout_layers: int = 3
     batch_size: int = 1
 
+    def __post_init__(self) -> None:
+        # out_channels equal to in_channels is the default model: one variant, one key.
+        if self.out_channels is not None and self.out_channels == self.in_channels:
+            object.__setattr__(self, "out_channels", None)
+
     @property
     def key(self) -> str:
         """A canonical string of every field: the identity of this variant in a results store."""

@@ -85,3 +85,17 @@ def test_block_rejects_bad_names(kwargs, pattern):
     args = {"upconv_type": "Transposed", "activation": "relu", "norm": None} | kwargs
     with pytest.raises(ValueError, match=pattern):
         UnetBlock(4, 4, **args)
+
+
+def test_block_classes_must_take_the_block_arguments(clean_registry):
+    with pytest.raises(ValueError, match=r"block_type=Conv2d is not valid: a block must accept"):
+        UnetGenerator(32, n_downs=3, block_type=nn.Conv2d)
+
+    class TwoArgs(nn.Module):
+        def __init__(self, a, b):
+            super().__init__()
+
+    with pytest.raises(ValueError, match=r"register_block=TwoArgs is not valid"):
+        register_block(TwoArgs)
+    with pytest.raises(ValueError, match=r"<UnetBlock instance> is not valid \(pass the class, not an instance\)"):
+        UnetGenerator(32, n_downs=3, block_type=UnetBlock(4, 4, "Transposed", None, None))

@@ -97,3 +97,22 @@ def test_train_on_missing_cuda_is_one_line(tmp_path, capsys, sample_dataset):
     assert main(["train", "--data", str(sample_dataset), "--out", str(tmp_path / "r"), "--steps", "1",
                  "--input-size", "64", "--n-downs", "3", "--device", "cuda"]) == 1
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_os_errors_and_unexpected_errors_are_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["sweep", "smoke", "--static-only", "--out", str(blocker / "sub"), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and err.count("\n") == 0 and "Traceback" not in err
+
+
+def test_debug_is_accepted_after_the_command(capsys):
+    with pytest.raises(Exception, match="n_downs=2"):
+        main(["profile", "--n-downs", "2", "--debug"])
+
+
+def test_help_shows_where_output_goes(capsys):
+    assert main(["sweep", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "results/runs/<grid>-<timestamp>" in out

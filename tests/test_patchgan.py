@@ -41,6 +41,7 @@ def test_keys_follow_nectargan_layout():
 @pytest.mark.parametrize(("kwargs", "pattern"), [
     ({"n_layers": 0}, "n_layers=0"), ({"base_channels": 0}, "base_channels=0"),
     ({"in_channels": "3"}, "in_channels='3'"), ({"max_channels": -1}, "max_channels=-1"),
+    ({"base_channels": 64, "max_channels": 32}, "max_channels=32 .*>= 64"),
 ])
 def test_validation(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -173,10 +173,11 @@ def test_shards_merge_to_the_whole_and_compare(tmp_path, capsys):
     assert json.loads((merged / "env.json").read_text())["merged_from"] == [str(half1), str(half2)]
 
     capsys.readouterr()
-    assert main(["compare", str(whole), str(half1)]) == 0
+    assert main(["compare", str(whole), str(half1), "--out", str(tmp_path / "cmp")]) == 0
     markdown = capsys.readouterr().out
     assert "only in A" in markdown and "params B/A" in markdown
-    table = pd.read_csv(half1 / "compare.csv")
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert table["params_a"].dtype.kind == "i"  # counts stay integers
     ok_in_half = sum(1 for r in _lines(half1) if r["status"] == "ok")
     assert len(table) == ok_in_half and (table["flops_fwd_ratio"] == 1.0).all()
 
@@ -203,3 +204,57 @@ def test_compare_ratios():
 def test_missing_run_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_grid_or_shard(tmp_path, capsys):
+    out = tmp_path / "run"
+    grid = _grid(tmp_path)
+    assert main(["sweep", str(grid), "--static-only", "--out", str(out), "-q", "--shard", "1/2"]) == 0
+    before = (out / "results.jsonl").read_bytes()
+    assert main(["sweep", "smoke", "--static-only", "--out", str(out), "-q", "--resume"]) == 1
+    assert "was started with grid" in capsys.readouterr().err
+    assert main(["sweep", str(grid), "--static-only", "--out", str(out), "-q", "--resume", "--shard", "2/2"]) == 1
+    assert "was started with --shard 1/2, not 2/2" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_empty_grid_or_shard_is_an_error(tmp_path, capsys):
+    empty = _grid(tmp_path, '[grid]\nn_downs = [3]\nexclude = [{ n_downs = 3 }]\n', "empty")
+    assert main(["sweep", str(empty), "--static-only", "--out", str(tmp_path / "a"), "-q"]) == 1
+    assert "has no variants" in capsys.readouterr().err
+    assert main(["sweep", "smoke", "--static-only", "--out", str(tmp_path / "b"), "-q", "--shard", "50/100"]) == 1
+    assert "--shard 50/100 is empty: the grid has only 16 variants" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_explicit_default_out_channels_is_the_same_variant(tmp_path):
+    grid = _grid(tmp_path, "[grid]\nn_downs = [3]\nfeatures = [4]\ninput_size = [32]\n"
+                           "include = [{ n_downs = 3, features = 4, input_size = 32, out_channels = 3 }]\n", "dup")
+    out = tmp_path / "run"
+    assert main(["sweep", str(grid), "--static-only", "--out", str(out), "-q"]) == 0
+    assert len(_lines(out)) == 1
+
+
+def test_a_failing_variant_is_a_row_and_a_non_zero_exit(tmp_path, capsys):
+    from nectargan.models import UnetBlock, register_block
+    from nectargan.models.unet import blocks as blocks_module
+
+    saved = dict(blocks_module._REGISTRY)
+
+    @register_block(name="ExplodingBlock")
+    class ExplodingBlock(UnetBlock):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    try:
+        grid = _grid(tmp_path, '[grid]\nn_downs = [3]\ninput_size = [32]\nfeatures = [4]\n'
+                               'block_type = ["UnetBlock", "ExplodingBlock"]\n', "boom")
+        out = tmp_path / "run"
+        assert main(["sweep", str(grid), "--static-only", "--out", str(out), "-q"]) == 1
+    finally:
+        blocks_module._REGISTRY.clear()
+        blocks_module._REGISTRY.update(saved)
+    rows = {r["block_type"]: r for r in _lines(out)}
+    assert rows["UnetBlock"]["status"] == "ok"
+    assert rows["ExplodingBlock"]["status"] == "error" and "boom" in rows["ExplodingBlock"]["reason"]
+    assert "1 variant(s) failed" in capsys.readouterr().err

@@ -46,9 +46,9 @@ def read_state_dict(source: str | os.PathLike[str] | dict[str, Any]) -> StateDic
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for corrupt or foreign files
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise NectarGANError(
-                f"checkpoint {where} could not be read as a torch file ({reason[:200]})"
+                f"checkpoint {where} could not be read: it is not a torch.save file holding only tensors "
+                f"and plain values ({type(exc).__name__})"
             ) from None
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]

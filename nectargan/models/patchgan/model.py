@@ -45,7 +45,7 @@ class Discriminator(nn.Module):
             require_int("target_channels", target_channels, minimum=1)
         require_int("base_channels", base_channels, minimum=1)
         require_int("n_layers", n_layers, minimum=1)
-        require_int("max_channels", max_channels, minimum=1)
+        require_int("max_channels", max_channels, minimum=base_channels)
         self.in_channels = in_channels
         self.target_channels = in_channels if target_channels is None else target_channels
         self.n_layers = n_layers

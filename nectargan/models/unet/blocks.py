@@ -14,6 +14,7 @@ blocks by these names, never by import path.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TypeVar, overload
 
@@ -46,8 +47,9 @@ def register_block(cls=None, *, name=None, overwrite=False):
     def add(block_cls: BlockT) -> BlockT:
         if not (isinstance(block_cls, type) and issubclass(block_cls, nn.Module)):
             raise InvalidArgumentError(
-                f"register_block: {block_cls!r} is not valid: a block must be an nn.Module subclass"
+                f"register_block: {_describe(block_cls)} is not valid: a block must be an nn.Module subclass"
             )
+        _check_signature(block_cls, "register_block")
         key = name or block_cls.__name__
         known = _REGISTRY.get(key)
         if known is not None and known is not block_cls and not overwrite:
@@ -78,15 +80,40 @@ def get_block(name: str) -> type[nn.Module]:
 
 
 def resolve_block(block_type: str | type[nn.Module]) -> type[nn.Module]:
-    """Accept a registered name or an nn.Module subclass; return the class."""
+    """Accept a registered name or an nn.Module subclass taking the block arguments; return the class."""
     if isinstance(block_type, str):
         return get_block(block_type)
     if isinstance(block_type, type) and issubclass(block_type, nn.Module):
+        _check_signature(block_type, "block_type")
         return block_type
+    hint = " (pass the class, not an instance)" if isinstance(block_type, nn.Module) else ""
     raise InvalidArgumentError(
-        f"block_type={block_type!r} is not valid: pass an nn.Module subclass or one of the "
+        f"block_type={_describe(block_type)} is not valid{hint}: pass an nn.Module subclass or one of the "
         f"registered names {', '.join(repr(n) for n in _REGISTRY)}"
     )
+
+
+_BLOCK_ARGS = {"upconv_type": "Transposed", "activation": None, "norm": None, "down": True, "bias": True,
+               "use_dropout": False}
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, nn.Module):
+        return f"<{type(value).__name__} instance>"
+    return value.__name__ if isinstance(value, type) else repr(value)
+
+
+def _check_signature(block_cls: type[nn.Module], what: str) -> None:
+    """A block must accept (in_channels, out_channels, upconv_type, activation, norm, down, bias, use_dropout)."""
+    try:
+        inspect.signature(block_cls).bind(1, 1, **_BLOCK_ARGS)
+    except TypeError as exc:
+        raise InvalidArgumentError(
+            f"{what}={block_cls.__name__} is not valid: a block must accept (in_channels, out_channels, "
+            f"upconv_type, activation, norm, down=True, bias=True, use_dropout=False) ({exc})"
+        ) from None
+    except ValueError:  # no introspectable signature (some C types): let construction decide
+        return
 
 
 def block_name(block_cls: type[nn.Module]) -> str:
