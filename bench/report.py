@@ -66,7 +66,8 @@ def _natural_order(column: pd.Series) -> pd.Series:
     known = {"block_type": list_blocks(), "upconv_type": list(UPCONV_TYPES)}.get(str(column.name))
     if known is None:
         return column
-    return column.map(lambda v: known.index(v) if v in known else len(known))
+    rank = {name: i for i, name in enumerate(known)}
+    return column.map(lambda v: rank.get(v, len(known)) if isinstance(v, str) else len(known))
 
 
 def _millions(value: Any) -> str:
