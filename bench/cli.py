@@ -419,6 +419,105 @@ class _TrainProgress:
             self.progress.stop()
 
 
+@app.command()
+def study(
+    config: Annotated[str, typer.Argument(help="Study TOML file, or a built-in config name (default, smoke).")],
+    storage: Annotated[str, typer.Option(help="sqlite:///FILE.db, journal:FILE.log or postgresql://...")] = (
+        "sqlite:///results/studies.db"
+    ),
+    study_name: Annotated[str | None, typer.Option(help="Study name (default: the config's study.name).")] = None,
+    n_trials: Annotated[int | None, typer.Option(help="Trials to add (default: the config's study.n_trials).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after S seconds.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes sharing the storage.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Trial folders (default: results/studies/<name>).")] = None,
+    heartbeat: Annotated[int, typer.Option(help="Heartbeat interval in seconds (RDB storages).")] = 10,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; one line at the end.")] = False,
+) -> None:
+    """Run (or resume) an Optuna study of short training trials; several workers share the storage.
+
+    Example: nectargan-bench study studies/smoke.toml --storage sqlite:///results/studies.db --workers 2
+    """
+    from studies.runner import StudyRun, run_study
+
+    run = StudyRun(config_path=config, storage=storage, study_name=study_name, n_trials=n_trials,
+                   timeout_s=timeout, workers=workers, out_root=str(out) if out else None, heartbeat_s=heartbeat)
+    progress = None if quiet else _study_progress()
+    task = None
+
+    def on_progress(state: dict) -> None:
+        nonlocal task
+        if progress is None:
+            return
+        if task is None:
+            progress.start()
+            task = progress.add_task("trials", total=state["total"], best=state["best"])
+        progress.update(task, completed=state["finished"], best=state["best"])
+
+    try:
+        summary = run_study(run, on_progress=on_progress)
+    finally:
+        if progress is not None and task is not None:
+            progress.stop()
+    states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items()) or "none"
+    stderr.print(f"Study {summary['study']!r}: added {summary['added']} trials ({states}); "
+                 f"{summary['total_trials']} in all; best {summary['best']}. Storage {summary['storage']}. "
+                 f"Watch it: nectargan-bench dashboard {summary['storage']}", highlight=False, soft_wrap=True)
+
+
+def _study_progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=stderr)
+
+
+@app.command("study-report")
+def study_report(
+    storage: Annotated[str, typer.Argument(help="The study's storage URL.")],
+    study_name: Annotated[str, typer.Option("--study", help="Study name.")],
+    out: Annotated[Path, typer.Option(help="Folder for trials.csv, report.md and plots.")],
+) -> None:
+    """Write trials.csv, report.md (best trials or Pareto front, importances, pruned/failed) and plots.
+
+    Example: nectargan-bench study-report sqlite:///results/studies.db --study smoke --out results/study-smoke
+    """
+    from studies.report import write_study_report
+
+    written = write_study_report(storage, study_name, out)
+    stderr.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def dashboard(
+    storage: Annotated[str, typer.Argument(help="Storage URL.")] = "sqlite:///results/studies.db",
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    artifacts: Annotated[Path | None, typer.Option(help="Artifact folder (default: beside the storage).")] = None,
+) -> None:
+    """Serve optuna-dashboard on a study storage, with the trials' sample images.
+
+    Example: nectargan-bench dashboard sqlite:///results/studies.db --port 8080
+    """
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise NectarGANError("optuna-dashboard is not installed: pip install optuna-dashboard") from None
+    from studies.storage import artifact_store, open_storage
+
+    opened = open_storage(storage)
+    store = artifact_store(storage, artifacts)
+    stderr.print(f"optuna-dashboard on {storage}: http://{host}:{port}/ (Ctrl-C to stop)",
+                 highlight=False, soft_wrap=True)
+    optuna_dashboard.run_server(opened, host=host, port=port, artifact_store=store)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning known errors into one line and a non-zero exit."""
     args = list(sys.argv[1:] if argv is None else argv)

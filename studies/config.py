@@ -1,0 +1,318 @@
+"""Study configs: TOML files that define a search space, objectives, constraints and a budget.
+
+Example (``studies/smoke.toml``)::
+
+    description = "..."
+
+    [study]
+    name = "smoke"
+    objectives = ["val_l1"]            # or several: a multi-objective study with a Pareto front
+    sampler = "tpe"                    # tpe (multivariate, grouped) | nsga2 | gp | random
+    pruner = "median"                  # median | hyperband | none (must be none with several objectives)
+    seed = 0
+    n_trials = 6
+
+    [data]                             # built from scikit-image's photos when missing and task is given
+    path = "results/data/edges2photo-64"
+    task = "edges2photo"
+
+    [budget]                           # per trial
+    steps = 200
+    seconds = 120
+    eval_every = 50
+    trial_timeout_s = 300              # a trial still running then is pruned with the reason
+
+    [space]                            # a list is categorical; a table is a range
+    n_downs = [3, 4]
+    lr = { low = 1e-4, high = 1e-3, log = true }
+
+    [fixed]                            # settings held constant
+    input_size = 64
+
+    [constraints]                      # Optuna constraints: a trial over a limit is infeasible
+    max_params = 5e6
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nectargan.errors import NectarGANError, did_you_mean
+
+# name -> (direction, description)
+OBJECTIVES: dict[str, str] = {
+    "val_l1": "minimize", "val_psnr": "maximize", "val_ssim": "maximize",
+    "img_per_s": "maximize", "gflops": "minimize", "params": "minimize",
+}
+ARCH_PARAMS = {"n_downs": int, "features": int, "block_type": str, "upconv_type": str, "use_dropout_layers": int}
+TRAIN_PARAMS = {"lr": float, "beta1": float, "lambda_l1": float, "batch_size": int}
+SEARCHABLE = ARCH_PARAMS | TRAIN_PARAMS
+FIXED_PARAMS = SEARCHABLE | {"input_size": int, "in_channels": int, "out_channels": int, "d_layers": int,
+                             "d_features": int, "direction": str, "precision": str, "device": str,
+                             "compile": bool, "channels_last": bool}
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+PRUNERS = ("median", "hyperband", "none")
+CONSTRAINTS = {"max_params": "params", "max_gflops": "gflops", "max_peak_mem_mib": "peak_mem_mib"}
+SECTIONS = ("description", "study", "data", "budget", "space", "fixed", "constraints")
+STUDY_KEYS = ("name", "objectives", "sampler", "pruner", "seed", "n_trials")
+DATA_KEYS = ("path", "task", "size", "count", "seed")
+BUDGET_KEYS = ("steps", "seconds", "eval_every", "trial_timeout_s")
+BUILTIN = Path(__file__).parent
+
+
+class StudyConfigError(NectarGANError, ValueError):
+    """A study config with a bad section, key, type or value."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric range to sample from (``int`` when both ends are integers and ``log`` is off)."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(self.low, bool)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    objectives: list[str]
+    space: dict[str, list[Any] | Range]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    constraints: dict[str, float] = field(default_factory=dict)
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    n_trials: int = 6
+    data_path: str = "results/data/edges2photo-64"
+    data_task: str | None = None
+    data_size: int = 64
+    data_count: int = 200
+    data_seed: int = 0
+    steps: int | None = 200
+    seconds: float | None = None
+    eval_every: int = 50
+    trial_timeout_s: float | None = None
+    description: str = ""
+    source: str = "<string>"
+    sha256: str = ""
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+
+def resolve_config_path(config: str | Path) -> Path:
+    path = Path(config)
+    if path.exists() or path.suffix == ".toml" or len(path.parts) > 1:
+        return path
+    builtin = BUILTIN / f"{config}.toml"
+    if builtin.exists():
+        return builtin
+    known = sorted(p.stem for p in BUILTIN.glob("*.toml"))
+    raise StudyConfigError(
+        f"study config {str(config)!r} is neither a file nor a built-in config; built-in: {', '.join(known)}"
+        f"{did_you_mean(str(config), known)}"
+    )
+
+
+def load_study_config(config: str | Path) -> StudyConfig:
+    path = resolve_config_path(config)
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        raise StudyConfigError(f"study config {path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise StudyConfigError(f"study config {path} is not UTF-8 text") from None
+    return parse_study_config(text, source=str(path), name=path.stem, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _unknown(where: str, key: str, valid: Any) -> StudyConfigError:
+    valid = list(valid)
+    return StudyConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, valid)}; valid keys: {', '.join(valid)}")
+
+
+def _table(data: dict, section: str, valid: Any, where: str) -> dict:
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise StudyConfigError(f"{where}: [{section}] must be a table")
+    for key in table:
+        if key not in valid:
+            raise _unknown(f"{where}: [{section}]", key, valid)
+    return table
+
+
+def _number(where: str, value: Any, kind: type = float, minimum: float | None = None) -> Any:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        raise StudyConfigError(f"{where} = {value!r} must be {'an integer' if kind is int else 'a number'}")
+    if minimum is not None and value < minimum:
+        raise StudyConfigError(f"{where} = {value!r} must be >= {minimum}")
+    return value
+
+
+def parse_study_config(text: str, source: str = "<string>", name: str = "study", sha256: str = "") -> StudyConfig:
+    """Parse and validate; every problem is a one-line :class:`StudyConfigError` naming the entry."""
+    where = source
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyConfigError(f"study config {source} is not valid TOML: {exc}") from None
+    for key in data:
+        if key not in SECTIONS:
+            raise _unknown(where, key, SECTIONS)
+    study = _table(data, "study", STUDY_KEYS, where)
+    data_t = _table(data, "data", DATA_KEYS, where)
+    budget = _table(data, "budget", BUDGET_KEYS, where)
+    space_t = _table(data, "space", SEARCHABLE, where)
+    fixed = _table(data, "fixed", FIXED_PARAMS, where)
+    constraints_t = _table(data, "constraints", CONSTRAINTS, where)
+
+    objectives = study.get("objectives", ["val_l1"])
+    if isinstance(objectives, str):
+        objectives = [objectives]
+    if not isinstance(objectives, list) or not objectives:
+        raise StudyConfigError(f"{where}: [study].objectives must be a non-empty list, e.g. ['val_l1']")
+    for objective in objectives:
+        if objective not in OBJECTIVES:
+            raise StudyConfigError(
+                f"{where}: [study].objectives has unknown objective {objective!r}"
+                f"{did_you_mean(str(objective), OBJECTIVES)}; valid: {', '.join(OBJECTIVES)}"
+            )
+    if len(set(objectives)) != len(objectives):
+        raise StudyConfigError(f"{where}: [study].objectives lists an objective twice")
+    sampler = study.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise StudyConfigError(f"{where}: [study].sampler = {sampler!r}{did_you_mean(str(sampler), SAMPLERS)}; "
+                               f"valid: {', '.join(SAMPLERS)}")
+    pruner = study.get("pruner", "median" if len(objectives) == 1 else "none")
+    if pruner not in PRUNERS:
+        raise StudyConfigError(f"{where}: [study].pruner = {pruner!r}{did_you_mean(str(pruner), PRUNERS)}; "
+                               f"valid: {', '.join(PRUNERS)}")
+    if pruner != "none" and len(objectives) > 1:
+        raise StudyConfigError(
+            f"{where}: [study].pruner = {pruner!r} cannot be used with {len(objectives)} objectives: Optuna "
+            "cannot prune a multi-objective study; set pruner = 'none'"
+        )
+
+    space: dict[str, list[Any] | Range] = {}
+    for key, value in space_t.items():
+        entry = f"{where}: [space].{key}"
+        if isinstance(value, list):
+            if not value:
+                raise StudyConfigError(f"{entry} is empty; give at least one value")
+            for v in value:
+                _check_type(entry, key, v)
+            space[key] = value
+        elif isinstance(value, dict):
+            space[key] = _range(entry, key, value)
+        else:
+            raise StudyConfigError(f"{entry} must be a list (categorical) or a table {{ low = .., high = .. }}")
+    for key, value in fixed.items():
+        _check_type(f"{where}: [fixed].{key}", key, value)
+        if key in space:
+            raise StudyConfigError(f"{where}: {key} is both searched ([space]) and fixed ([fixed]); keep one")
+    constraints = {k: _number(f"{where}: [constraints].{k}", v, minimum=0) for k, v in constraints_t.items()}
+
+    steps = budget.get("steps", 200 if "seconds" not in budget else None)
+    seconds = budget.get("seconds")
+    if steps is not None:
+        _number(f"{where}: [budget].steps", steps, int, 1)
+    if seconds is not None:
+        _number(f"{where}: [budget].seconds", seconds, float, 0.001)
+    eval_every = _number(f"{where}: [budget].eval_every", budget.get("eval_every", 50), int, 1)
+    timeout = budget.get("trial_timeout_s")
+    if timeout is not None:
+        _number(f"{where}: [budget].trial_timeout_s", timeout, float, 0.001)
+    name_value = study.get("name", name)
+    if not isinstance(name_value, str) or not name_value:
+        raise StudyConfigError(f"{where}: [study].name must be a non-empty string")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise StudyConfigError(f"{where}: description must be a string")
+    task = data_t.get("task")
+    from nectargan.data.samples import TASKS
+
+    if task is not None and task not in TASKS:
+        raise StudyConfigError(f"{where}: [data].task = {task!r}{did_you_mean(str(task), TASKS)}; "
+                               f"valid: {', '.join(TASKS)}")
+    path = data_t.get("path", "results/data/edges2photo-64")
+    if not isinstance(path, str) or not path:
+        raise StudyConfigError(f"{where}: [data].path must be a folder path")
+    return StudyConfig(
+        name=name_value,
+        objectives=list(objectives),
+        space=space,
+        fixed=dict(fixed),
+        constraints=constraints,
+        sampler=sampler,
+        pruner=pruner,
+        seed=_number(f"{where}: [study].seed", study.get("seed", 0), int),
+        n_trials=_number(f"{where}: [study].n_trials", study.get("n_trials", 6), int, 1),
+        data_path=path,
+        data_task=task,
+        data_size=_number(f"{where}: [data].size", data_t.get("size", fixed.get("input_size", 64)), int, 32),
+        data_count=_number(f"{where}: [data].count", data_t.get("count", 200), int, 3),
+        data_seed=_number(f"{where}: [data].seed", data_t.get("seed", 0), int),
+        steps=steps,
+        seconds=seconds,
+        eval_every=eval_every,
+        trial_timeout_s=timeout,
+        description=description,
+        source=source,
+        sha256=sha256,
+    )
+
+
+def _check_type(where: str, key: str, value: Any) -> None:
+    want = FIXED_PARAMS[key]
+    if want is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+    if not ok:
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[want]
+        raise StudyConfigError(f"{where} has {value!r} ({type(value).__name__}); it must be {kind}")
+
+
+def _range(where: str, key: str, table: dict) -> Range:
+    for k in table:
+        if k not in ("low", "high", "log", "step"):
+            raise _unknown(where, k, ("low", "high", "log", "step"))
+    if FIXED_PARAMS[key] is str:
+        raise StudyConfigError(f"{where} is a name, not a number: give a list of choices")
+    if "low" not in table or "high" not in table:
+        raise StudyConfigError(f"{where} needs both low and high")
+    kind = FIXED_PARAMS[key]
+    low = _number(f"{where}.low", table["low"], kind)
+    high = _number(f"{where}.high", table["high"], kind)
+    if not low < high:
+        raise StudyConfigError(f"{where}: low = {low} must be below high = {high} (the range is empty or inverted)")
+    log = table.get("log", False)
+    if not isinstance(log, bool):
+        raise StudyConfigError(f"{where}.log must be true or false")
+    if log and low <= 0:
+        raise StudyConfigError(f"{where}: a log range needs low > 0, got {low}")
+    step = table.get("step")
+    if step is not None:
+        step = _number(f"{where}.step", step, kind, 0)
+        if log:
+            raise StudyConfigError(f"{where}: step and log cannot be combined (Optuna)")
+    return Range(low, high, log, step)
