@@ -2,18 +2,21 @@
 .PHONY: setup demo test
 
 STAMP := $(shell date +%Y%m%d-%H%M%S)
-DEMO_DATA := results/data/edges2photo-64
+BENCH := .venv/bin/nectargan-bench
+STORAGE := sqlite:///results/studies.db
 
 setup:
 	@bash scripts/setup.sh
 
-# The main job: the static sweep of the default grid, then a short pix2pix training run at 64 px on
-# the dataset built from scikit-image's photos (built once, reused).
+# The main job: the static sweep of the default grid, then a short Optuna study (6 trials at 64 px on
+# the dataset built from scikit-image's photos, built once) on SQLite, its report, and the dashboard
+# command to watch it.
 demo: setup
-	@.venv/bin/nectargan-bench sweep default --static-only --out results/runs/default-$(STAMP)
-	@test -d $(DEMO_DATA)/train || .venv/bin/nectargan-bench dataset --task edges2photo --out $(DEMO_DATA) --size 64
-	@.venv/bin/nectargan-bench train --data $(DEMO_DATA) --input-size 64 --n-downs 3 --features 16 \
-		--batch-size 8 --steps 300 --eval-every 100 --out results/runs/train-$(STAMP)
+	@$(BENCH) sweep default --static-only --out results/runs/default-$(STAMP)
+	@$(BENCH) study default --storage $(STORAGE)
+	@$(BENCH) study-report $(STORAGE) --study default --out results/runs/study-default-$(STAMP)
+	@echo "Reports: results/runs/default-$(STAMP)/report.md, results/runs/study-default-$(STAMP)/report.md"
+	@echo "Watch the study: $(BENCH) dashboard $(STORAGE)   (then open http://127.0.0.1:8080/)"
 
 test: setup
 	@.venv/bin/ruff check nectargan bench studies tests

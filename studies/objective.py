@@ -53,12 +53,20 @@ def variant_of(config: StudyConfig, params: dict[str, Any]) -> VariantSpec:
     return VariantSpec(**{k: v for k, v in settings.items() if k in fields})
 
 
-def constraint_values(trial: optuna.trial.FrozenTrial, limits: dict[str, float]) -> list[float]:
-    """Optuna's convention: each value <= 0 is satisfied. An unknown figure counts as satisfied."""
-    values = []
-    for key, limit in limits.items():
-        figure = trial.user_attrs.get(CONSTRAINTS[key])
-        values.append(float(figure) - limit if isinstance(figure, int | float) else 0.0)
+def constraint_values(attrs: dict[str, Any], limits: dict[str, float]) -> dict[str, float]:
+    """Optuna's convention: a value <= 0 is satisfied. Figures not measured yet are left out."""
+    return {
+        key: float(attrs[CONSTRAINTS[key]]) - limit
+        for key, limit in limits.items()
+        if isinstance(attrs.get(CONSTRAINTS[key]), int | float)
+    }
+
+
+def _record_constraints(trial: optuna.Trial, config: StudyConfig) -> dict[str, float]:
+    """Hand the constraint values to Optuna (``Trial.set_constraint``); return them."""
+    values = constraint_values(trial.user_attrs, config.constraints)
+    for key, value in values.items():
+        trial.set_constraint(key, value)
     return values
 
 
@@ -105,9 +113,8 @@ def run_trial(trial: optuna.Trial, config: StudyConfig, out_root: Path,
     gflops = flop_counter_counts(spec)[0] / 1e9
     trial.set_user_attr("params", int(n_params))
     trial.set_user_attr("gflops", float(gflops))
-    over = [f"{CONSTRAINTS[k]} {trial.user_attrs[CONSTRAINTS[k]]:.4g} > {limit:.4g}"
-            for k, limit in config.constraints.items()
-            if k != "max_peak_mem_mib" and trial.user_attrs[CONSTRAINTS[k]] > limit]
+    over = [f"{CONSTRAINTS[k]} {trial.user_attrs[CONSTRAINTS[k]]:.4g} > {config.constraints[k]:.4g}"
+            for k, value in _record_constraints(trial, config).items() if value > 0]
     if over:
         return _prune(trial, "constraint: " + ", ".join(over))
 
@@ -146,6 +153,7 @@ def run_trial(trial: optuna.Trial, config: StudyConfig, out_root: Path,
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, float(value))
+    _record_constraints(trial, config)
     samples = sorted((Path(train_config.out) / "samples").glob("step_*.png"),
                      key=lambda p: int(p.stem.split("_")[1]))
     if artifacts is not None and samples:

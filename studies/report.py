@@ -86,7 +86,9 @@ def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
             lines += ["## Pareto front", "", _table([row(t) for t in study.best_trials]), ""]
     if len(complete) >= 2 and study.trials[0].params:
         try:
-            importances = optuna.importance.get_param_importances(study, target=_first_target(study))
+            with warnings.catch_warnings():  # the target is already sign-corrected (see _first_target)
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator", category=UserWarning)
+                importances = optuna.importance.get_param_importances(study, target=_first_target(study))
             lines += ["## Parameter importances (Optuna's default evaluator, first objective)", "",
                       _table([{"parameter": k, "importance": v} for k, v in importances.items()]), ""]
         except (RuntimeError, ValueError, ZeroDivisionError) as exc:
@@ -139,7 +141,9 @@ def _plots(study: optuna.Study, out: Path) -> list[Path]:
     written = []
     for stem, make in jobs:
         try:
-            axes = make()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator", category=UserWarning)
+                axes = make()
         except (ValueError, RuntimeError, ZeroDivisionError):
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure

@@ -12,7 +12,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import optuna
 from nectargan.errors import NectarGANError
 from nectargan.train import NonFiniteLossError
 from studies.config import StudyConfig, load_study_config
-from studies.objective import constraint_values, run_trial
+from studies.objective import run_trial
 from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S, artifact_store, open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -53,15 +52,14 @@ class StudyRun:
 
 
 def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    limits = config.constraints
-    constraints = partial(constraint_values, limits=limits) if limits else None
+    """The configured sampler; constraints reach it through ``Trial.set_constraint`` (Optuna 5)."""
     if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constraints_func=constraints,
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
                                           n_startup_trials=min(10, max(2, config.n_trials // 2)))
     if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if config.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
+        return optuna.samplers.GPSampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
 
 

@@ -92,13 +92,23 @@ def test_invalid_architectures_and_constraints_are_pruned_before_training(tmp_pa
     study = optuna.load_study(study_name="c", storage=storage)
     assert {t.state for t in study.trials} == {optuna.trial.TrialState.PRUNED}
     assert all("invalid: input_size=64 is not valid for n_downs=5" in t.user_attrs["reason"] for t in study.trials)
+
+
+def test_static_constraint_prunes_and_reaches_optuna(tmp_path, sample_dataset):
+    config = _config(tmp_path, sample_dataset, name="limit", extra="[constraints]\nmax_params = 1000\n")
+    storage = f"sqlite:///{tmp_path}/limit.db"
+    run_study(StudyRun(config_path=config, storage=storage, out_root=str(tmp_path / "out"), n_trials=1))
+    (trial,) = optuna.load_study(study_name="limit", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["reason"].startswith("constraint: params")
+    assert trial.constraints["max_params"] > 0  # handed to Optuna via Trial.set_constraint
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing trained
 
 
 def test_constraint_values_follow_optuna_convention():
-    trial = optuna.trial.create_trial(value=1.0, user_attrs={"params": 200.0, "gflops": 0.5})
-    assert constraint_values(trial, {"max_params": 100.0, "max_gflops": 1.0, "max_peak_mem_mib": 10.0}) == [
-        100.0, -0.5, 0.0]
+    attrs = {"params": 200.0, "gflops": 0.5}
+    limits = {"max_params": 100.0, "max_gflops": 1.0, "max_peak_mem_mib": 10.0}
+    assert constraint_values(attrs, limits) == {"max_params": 100.0, "max_gflops": -0.5}
 
 
 def test_out_of_memory_prunes_with_reason_oom(tmp_path, sample_dataset, monkeypatch):
