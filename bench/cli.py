@@ -143,8 +143,25 @@ def sweep(
         str | None, typer.Option(help="Run only part K of N of the grid, as K/N (e.g. 1/2).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; one line at the end.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or cuda:all (one worker per GPU).")] = "cpu",
+    task: Annotated[list[str] | None, typer.Option(help="infer and/or train (repeat the option).")] = None,
+    mode: Annotated[
+        list[str] | None, typer.Option(help="eager, compile, compile-reduce-overhead, compile-max-autotune.")
+    ] = None,
+    precision: Annotated[list[str] | None, typer.Option(help="fp32, tf32, bf16, fp16.")] = None,
+    layout: Annotated[list[str] | None, typer.Option(help="nchw, channels_last.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads in the measuring child.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per variant before its child is killed.")] = None,
+    blocks: Annotated[int, typer.Option(min=1, help="Timed blocks per measurement.")] = 5,
+    min_block_s: Annotated[float, typer.Option(help="Minimum seconds per timed block.")] = 0.2,
+    launcher: Annotated[str, typer.Option(help="subprocess (isolated, default) or inline (debugging).")] = (
+        "subprocess"
+    ),
 ) -> None:
     """Profile every variant of a grid into a run folder, then write its reports.
+
+    Without --static-only each valid variant is also measured (throughput, latency, memory, compile
+    cost) in its own child process, with the grid's [measure] options overridden by these flags.
 
     Example: nectargan-bench sweep bench/grids/default.toml --static-only --out results/runs/default
     """
@@ -156,11 +173,16 @@ def sweep(
 
     loaded = load_grid(grid)
     shard_spec = parse_shard(shard) if shard else None
+    options = None
     if not static_only:
-        raise NectarGANError(
-            "timed measurements (throughput, memory, compile) are not available yet; "
-            "run the static profile with --static-only"
-        )
+        from bench.measure import measure_options, resolve_devices
+
+        if launcher not in ("subprocess", "inline"):
+            raise NectarGANError(f"--launcher {launcher!r} is not valid: use subprocess or inline")
+        options = measure_options(loaded, device, task=task, mode=mode, precision=precision, layout=layout,
+                                  threads=threads, timeout_s=timeout, blocks=blocks, min_block_s=min_block_s,
+                                  launcher=launcher)
+        resolve_devices(device)  # fail before anything is written
     directory = out if out is not None else default_out_dir(loaded)
     if resume and out is None:
         raise NectarGANError("--resume needs --out: the run folder to continue")
@@ -178,8 +200,18 @@ def sweep(
             progress.update(task, advance=1, description=f"{spec.name} [{row['status']}]")
 
     try:
-        result = run_static_sweep(loaded, directory, resume=resume, shard_spec=shard_spec,
-                                  on_start=on_start, on_row=on_row, command=_state["command"])
+        if options is None:
+            result = run_static_sweep(loaded, directory, resume=resume, shard_spec=shard_spec,
+                                      on_start=on_start, on_row=on_row, command=_state["command"])
+        else:
+            from bench.measure import run_measured_sweep
+
+            def on_rows(spec, rows) -> None:
+                worst = next((r["status"] for r in rows if r["status"] != "ok"), "ok")
+                on_row(spec, {"status": worst})
+
+            result = run_measured_sweep(loaded, directory, options, resume=resume, shard_spec=shard_spec,
+                                        on_start=on_start, on_row=on_rows, command=_state["command"])
     except KeyboardInterrupt:
         if progress is not None and task is not None:
             progress.stop()
@@ -196,9 +228,9 @@ def sweep(
     stderr.print(f"{result.planned} variants: {counts}{skipped}. Wrote {directory}/results.jsonl, "
                  + ", ".join(p.name for p in written), highlight=False, soft_wrap=True)
     _print_unsupported(rows)
-    failed = [r for r in rows if r.get("status") == "error"]
+    failed = [r for r in rows if r.get("status") in ("error", "timeout")]
     if failed:
-        stderr.print(f"Error: {len(failed)} variant(s) failed to profile (status=error); see the reason "
+        stderr.print(f"Error: {len(failed)} row(s) failed (status error or timeout); see the reason "
                      f"column of {directory}/results.csv", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 

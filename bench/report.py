@@ -34,6 +34,12 @@ INT_COLUMNS = [
 # Columns compared by `compare` (ratio B/A), in this order, when both runs have them.
 COMPARED = ["params", "macs", "flops_fwd", "flops_train", "activations"]
 PLOT_FILE = "params_vs_gflops.png"
+MEASURE_COLUMNS = [
+    *VARIANT_COLUMNS, "task", "mode", "precision", "layout", "device", "threads", "status", "reason",
+    "median_ms", "iqr_ms", "min_ms", "img_per_s", "tflops", "pct_of_peak", "noisy", "peak_mem_mib",
+    "peak_reserved_mib", "compile_s", "compile_warm_s", "graph_breaks", "recompiles", "max_rel_err", "err_flag",
+    "blocks", "calls_per_block", "measure_s",
+]
 STATUS_ORDER = ["ok", "invalid", "error", "oom", "timeout"]
 
 
@@ -186,10 +192,126 @@ def plot_params_vs_gflops(frame: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
+def measure_frame(rows: list[Row]) -> pd.DataFrame:
+    """The measured rows with stable columns (empty when the run was static only)."""
+    measured = pd.DataFrame([r for r in rows if r.get("kind") == "measure"])
+    for column in MEASURE_COLUMNS:
+        if column not in measured:
+            measured[column] = pd.NA
+    return measured[MEASURE_COLUMNS].sort_values(
+        ["n_downs", "features", "block_type", "upconv_type", "task", "precision", "layout", "mode"],
+        kind="stable", key=_natural_order,
+    ).reset_index(drop=True)
+
+
+def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> list[str]:
+    ok = measured[measured["status"] == "ok"].copy()
+    out = ["## Measured", ""]
+    ceilings = {d: c for env in envs for d, c in (env.get("matmul_ceiling_tflops") or {}).items()}
+    if ceilings:
+        out += ["Matmul ceiling (TFLOP/s, measured once per run): " + "; ".join(
+            f"{d}: " + ", ".join(f"{p} {v:.3g}" for p, v in c.items()) for d, c in ceilings.items()) + ".", ""]
+    if ok.empty:
+        out += ["_No successful measurements._", ""]
+    else:
+        def f(v: Any, spec: str) -> str:
+            return "" if v is None or pd.isna(v) else format(v, spec)
+
+        table = pd.DataFrame({
+            "variant": ok["variant"], "task": ok["task"], "mode": ok["mode"],
+            "precision": ok["precision"], "layout": ok["layout"], "batch": ok["batch_size"].map(str),
+            "median ms": ok["median_ms"].map(lambda v: f(v, ".3f")), "IQR ms": ok["iqr_ms"].map(lambda v: f(v, ".3f")),
+            "img/s": ok["img_per_s"].map(lambda v: f(v, ",.1f")), "TFLOP/s": ok["tflops"].map(lambda v: f(v, ".3g")),
+            "% peak": ok["pct_of_peak"].map(lambda v: f(v, ".1f")),
+            "peak MiB": ok["peak_mem_mib"].map(lambda v: f(v, ",.0f")),
+            "compile s (cold/warm)": [
+                "" if pd.isna(c) else f"{c:.1f} / {f(w, '.1f') or '-'}"
+                for c, w in zip(ok["compile_s"], ok["compile_warm_s"], strict=True)
+            ],
+            "max rel err": ok["max_rel_err"].map(lambda v: f(v, ".1e")),
+            "flags": [", ".join(x for x, on in (("noisy", n is True), ("error above tolerance", e is True)) if on)
+                      for n, e in zip(ok["noisy"], ok["err_flag"], strict=True)],
+        })
+        out += [_markdown(table, text_columns=6), ""]
+        best = ok.loc[ok.groupby(["variant", "task"])["img_per_s"].idxmax()]
+        out += ["## Best configuration per variant", "", _markdown(pd.DataFrame({
+            "variant": best["variant"], "task": best["task"],
+            "fastest": best["mode"] + ", " + best["precision"] + ", " + best["layout"],
+            "img/s": best["img_per_s"].map(lambda v: f"{v:,.1f}"),
+        }), text_columns=3), ""]
+        eager = ok[ok["mode"] == "eager"].set_index(["variant", "task", "precision", "layout"])["median_ms"]
+        compiled = ok[ok["mode"] != "eager"]
+        speed = []
+        for _, r in compiled.iterrows():
+            base = eager.get((r["variant"], r["task"], r["precision"], r["layout"]))
+            if base is not None and not pd.isna(base):
+                speed.append({"variant": r["variant"], "task": r["task"], "mode": r["mode"],
+                              "precision": r["precision"], "layout": r["layout"],
+                              "speedup over eager": f"{base / r['median_ms']:.2f}x"})
+        if speed:
+            out += ["## Compiled over eager (same task, precision, layout; interleaved)", "",
+                    _markdown(pd.DataFrame(speed), text_columns=5), ""]
+    bad = measured[measured["status"] != "ok"]
+    if len(bad):
+        listing = bad[["variant", "task", "mode", "precision", "layout", "status", "reason"]].copy()
+        listing["reason"] = listing["reason"].astype(str).str.replace("|", "\\|", regex=False)
+        out += ["## Measurements that did not run", "", _markdown(listing, text_columns=7), ""]
+    return out
+
+
+def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path) -> list[Path]:
+    """Throughput vs GFLOPs (one marker per block/upconv) and memory vs batch size."""
+    ok = measured[measured["status"] == "ok"]
+    if ok.empty:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gflops = static.set_index("variant")["flops_fwd"].astype(float) / 1e9
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    markers = iter("osD^v<>")
+    for (block, upconv), group in ok.groupby(["block_type", "upconv_type"], sort=True):
+        marker = next(markers, "o")
+        for (task, mode), sub in group.groupby(["task", "mode"], sort=True):
+            ax.scatter(sub["variant"].map(gflops), sub["img_per_s"].astype(float), marker=marker, alpha=0.8,
+                       label=f"{block}+{upconv} {task} {mode}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("forward GFLOPs per image (log)")
+    ax.set_ylabel("images per second (log)")
+    ax.set_title("Measured throughput vs cost")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = directory / "throughput_vs_gflops.png"
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(path)
+    if ok["batch_size"].nunique() > 1:
+        fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+        for name, group in ok.groupby(["n_downs", "features", "block_type", "upconv_type", "task", "mode"]):
+            group = group.sort_values("batch_size")
+            ax.plot(group["batch_size"], group["peak_mem_mib"], marker="o", label=" ".join(map(str, name)))
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("peak memory (MiB)")
+        ax.set_title("Memory vs batch size")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        path = directory / "memory_vs_batch.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def write_reports(directory: Path, rows: list[Row], envs: list[dict[str, Any]], title: str) -> list[Path]:
-    """Write results.csv, report.md and the plot into ``directory``; return the paths written."""
+    """Write results.csv (static), measurements.csv, report.md and the plots; return the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     frame = static_frame(rows)
+    measured = measure_frame(rows)
     written = []
     csv_path = directory / "results.csv"
     csv_frame = frame.drop(columns=["key"], errors="ignore")
@@ -200,8 +322,17 @@ def write_reports(directory: Path, rows: list[Row], envs: list[dict[str, Any]], 
     plot = plot_params_vs_gflops(frame, directory / PLOT_FILE)
     if plot:
         written.append(plot)
+    markdown = render_markdown(frame, rows, envs, title)
+    if len(measured):
+        measured_csv = measured.drop(columns=[], errors="ignore")
+        measured_csv.to_csv(directory / "measurements.csv", index=False)
+        written.append(directory / "measurements.csv")
+        plots = plot_measured(measured, frame, directory)
+        written += plots
+        markdown += "\n" + "\n".join(_measured_markdown(measured, envs))
+        markdown += "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
     md_path = directory / "report.md"
-    md_path.write_text(render_markdown(frame, rows, envs, title) + "\n", encoding="utf-8")
+    md_path.write_text(markdown + "\n", encoding="utf-8")
     written.append(md_path)
     return written
 

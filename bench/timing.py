@@ -1,0 +1,123 @@
+"""Timing in the manner of torch.utils.benchmark's ``blocked_autorange``, not a stopwatch.
+
+A workload is first warmed up (compilation and autotuning happen there). Then the number of calls per
+block is calibrated so that one block takes at least ``min_block_s`` (default 0.2 s): short calls are
+timed in bulk, so timer resolution and launch jitter average out. At least ``blocks`` (default 5)
+blocks are timed; a block's time divided by its calls is one sample. The median is the figure (robust
+to a stray slow block), the interquartile range its spread; a result is ``noisy`` when IQR/median
+exceeds 10 %. Several workloads are measured interleaved (A B A B ...), so a machine that drifts
+(thermal, other load) moves all of them alike and their ratios hold.
+
+On CUDA a block is timed with CUDA events around the block (after a synchronise), on the CPU with
+``time.perf_counter``. Timers are objects with ``time(fn, calls) -> seconds``, so tests inject a fake.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+NOISY_IQR_FRACTION = 0.10
+MIN_BLOCK_S = 0.2
+MIN_BLOCKS = 5
+MAX_CALLS_PER_BLOCK = 1_000_000
+
+
+class BlockTimer(Protocol):
+    def time(self, fn: Callable[[], object], calls: int) -> float: ...
+
+
+class PerfCounterTimer:
+    """Wall time of ``calls`` calls with ``time.perf_counter`` (CPU)."""
+
+    def time(self, fn: Callable[[], object], calls: int) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return time.perf_counter() - start
+
+
+class CudaEventTimer:
+    """GPU time of ``calls`` calls between two CUDA events; the host waits only at the block's end."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+
+    def time(self, fn: Callable[[], object], calls: int) -> float:
+        cuda = self.torch.cuda
+        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        cuda.synchronize(self.device)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+
+
+@dataclass
+class Measurement:
+    """Raw block times (seconds) of one workload and the calls per block; statistics derive from them."""
+
+    block_s: list[float] = field(default_factory=list)
+    calls_per_block: int = 1
+
+    @property
+    def per_call_s(self) -> list[float]:
+        return [t / self.calls_per_block for t in self.block_s]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.per_call_s)
+
+    @property
+    def iqr_s(self) -> float:
+        samples = self.per_call_s
+        if len(samples) < 2:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+        return q3 - q1
+
+    @property
+    def min_s(self) -> float:
+        return min(self.per_call_s)
+
+    @property
+    def noisy(self) -> bool:
+        return self.iqr_s > NOISY_IQR_FRACTION * self.median_s
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.block_s)
+
+
+def calibrate(fn: Callable[[], object], timer: BlockTimer, min_block_s: float = MIN_BLOCK_S) -> int:
+    """Calls per block so that a block lasts at least ``min_block_s`` (doubling from 1)."""
+    calls = 1
+    while calls < MAX_CALLS_PER_BLOCK:
+        elapsed = min(timer.time(fn, calls), timer.time(fn, calls))  # the faster of two: less noise
+        if elapsed >= min_block_s:
+            return calls
+        # jump close to the target, at least doubling
+        calls = max(2 * calls, int(calls * min_block_s / max(elapsed, 1e-9) * 1.1))
+    return MAX_CALLS_PER_BLOCK
+
+
+def measure_interleaved(
+    workloads: dict[str, Callable[[], object]],
+    timer: BlockTimer,
+    blocks: int = MIN_BLOCKS,
+    min_block_s: float = MIN_BLOCK_S,
+) -> dict[str, Measurement]:
+    """Calibrate each warmed-up workload, then time ``blocks`` rounds of A B C ... blocks."""
+    results = {name: Measurement(calls_per_block=calibrate(fn, timer, min_block_s)) for name, fn in workloads.items()}
+    for _ in range(max(1, blocks)):
+        for name, fn in workloads.items():
+            results[name].block_s.append(timer.time(fn, results[name].calls_per_block))
+    return results

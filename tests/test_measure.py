@@ -1,0 +1,151 @@
+"""Measured sweeps on the CPU: sane figures, invalid configs, out-of-memory, hangs, crashes, compile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.child import FAULT_ENV
+from bench.cli import main
+from bench.grid import parse_grid
+from bench.measure import measure_options
+from nectargan.errors import NectarGANError
+
+TINY = """
+[grid]
+n_downs = [3]
+features = [4]
+block_type = ["UnetBlock", "ResidualUnetBlock"]
+input_size = [32]
+batch_size = [2]
+include = [{ n_downs = 2, input_size = 32 }]
+[measure]
+task = ["infer", "train"]
+mode = ["eager"]
+precision = ["fp32", "fp16"]
+"""
+
+
+def _sweep(tmp_path: Path, text: str, *extra: str) -> tuple[int, Path]:
+    grid = tmp_path / "g.toml"
+    grid.write_text(text)
+    out = tmp_path / "run"
+    code = main(["sweep", str(grid), "--out", str(out), "--quiet", "--min-block-s", "0.02", "--blocks", "5", *extra])
+    return code, out
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_measured_sweep_rows_are_sane(tmp_path):
+    code, out = _sweep(tmp_path, TINY)
+    assert code == 0
+    rows = _rows(out)
+    measured = [r for r in rows if r["kind"] == "measure"]
+    ok = [r for r in measured if r["status"] == "ok"]
+    assert len(ok) == 4  # 2 variants x (infer, train) in fp32
+    for r in ok:
+        assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] and r["iqr_ms"] >= 0
+        assert r["img_per_s"] == pytest.approx(2 / (r["median_ms"] / 1e3))
+        assert r["tflops"] > 0 and r["pct_of_peak"] > 0 and r["peak_mem_mib"] > 0
+        assert r["blocks"] >= 5 and r["calls_per_block"] >= 1 and len(r["block_s"]) == r["blocks"]
+        assert r["max_rel_err"] == 0.0 and r["err_flag"] is False  # eager fp32 is the reference
+        assert r["threads"] >= 1
+    invalid = [r for r in measured if r["status"] == "invalid"]
+    assert len(invalid) == 4 and all(r["reason"] == "precision='fp16' needs CUDA" for r in invalid)
+    assert not any(r["variant"].endswith("d2-f64-32px-b2") for r in measured)  # invalid variant not measured
+    env = json.loads((out / "env.json").read_text())
+    assert env["matmul_ceiling_tflops"]["cpu"]["fp32"] > 0
+    frame = pd.read_csv(out / "measurements.csv")
+    assert {"median_ms", "iqr_ms", "min_ms", "img_per_s", "tflops", "pct_of_peak", "noisy", "peak_mem_mib",
+            "compile_s", "graph_breaks", "recompiles", "max_rel_err"} <= set(frame.columns)
+    report = (out / "report.md").read_text()
+    assert "## Measured" in report and "## Best configuration per variant" in report
+    assert (out / "throughput_vs_gflops.png").exists()
+
+
+def test_out_of_memory_in_the_child_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "oom:ResidualUnetBlock")
+    code, out = _sweep(tmp_path, TINY.replace('precision = ["fp32", "fp16"]', 'precision = ["fp32"]'))
+    assert code == 0
+    measured = [r for r in _rows(out) if r["kind"] == "measure"]
+    status = {(r["block_type"], r["task"]): r["status"] for r in measured}
+    assert status == {("UnetBlock", "infer"): "ok", ("UnetBlock", "train"): "ok",
+                      ("ResidualUnetBlock", "infer"): "oom", ("ResidualUnetBlock", "train"): "oom"}
+    assert all("injected out-of-memory" in r["reason"] for r in measured if r["status"] == "oom")
+
+
+def test_a_hanging_and_a_crashing_child_are_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "crash:-f4-,hang:-f6-")
+    text = """
+[grid]
+n_downs = [3]
+features = [4, 6, 8]
+input_size = [32]
+batch_size = [2]
+[measure]
+task = ["infer"]
+mode = ["eager"]
+"""
+    code, out = _sweep(tmp_path, text, "--timeout", "40")
+    assert code == 1  # failed rows make the sweep exit non-zero, after finishing the others
+    measured = {r["features"]: r for r in _rows(out) if r["kind"] == "measure"}
+    assert measured[4]["status"] == "error" and "exited with code 3" in measured[4]["reason"]
+    assert measured[6]["status"] == "timeout" and "no answer within 40 s" in measured[6]["reason"]
+    assert measured[8]["status"] == "ok"
+
+
+def test_compiled_rows_have_compile_figures(tmp_path):
+    text = """
+[grid]
+n_downs = [3]
+features = [4]
+input_size = [32]
+batch_size = [2]
+[measure]
+task = ["infer", "train"]
+mode = ["eager", "compile"]
+"""
+    code, out = _sweep(tmp_path, text)
+    assert code == 0
+    rows = {(r["task"], r["mode"]): r for r in _rows(out) if r["kind"] == "measure"}
+    assert all(r["status"] == "ok" for r in rows.values())
+    for task in ("infer", "train"):
+        compiled = rows[(task, "compile")]
+        assert compiled["compile_s"] > 0 and compiled["compile_warm_s"] > 0
+        assert compiled["graph_breaks"] == 0 and compiled["recompiles"] == 0
+        assert compiled["max_rel_err"] is not None and compiled["max_rel_err"] < 1e-3 and not compiled["err_flag"]
+    assert "Compiled over eager" in (out / "report.md").read_text()
+
+
+def test_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, out = _sweep(tmp_path, TINY, "--device", "cuda")
+    assert code == 1 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert err == (f"Error: --device cuda: CUDA is not available on this machine (torch {torch.__version__}); "
+                   "use --device cpu")
+
+
+def test_measure_options_validate_and_default_by_device():
+    grid = parse_grid("[grid]\nn_downs = [3]\n")
+    cpu = measure_options(grid, "cpu")
+    assert (cpu.tasks, cpu.modes, cpu.precisions, cpu.layouts) == (["infer", "train"], ["eager", "compile"],
+                                                                    ["fp32"], ["nchw"])
+    cuda = measure_options(grid, "cuda")
+    assert cuda.precisions == ["bf16"] and cuda.layouts == ["nchw", "channels_last"]
+    with pytest.raises(NectarGANError, match=r"mode 'compiled' is not valid \(did you mean 'compile'\?\)"):
+        measure_options(grid, "cpu", mode=["compiled"])
+
+
+def test_inline_launcher(tmp_path):
+    text = TINY.replace('precision = ["fp32", "fp16"]', 'precision = ["fp32"]')
+    code, out = _sweep(tmp_path, text, "--launcher", "inline")
+    assert code == 0
+    assert sum(1 for r in _rows(out) if r["kind"] == "measure" and r["status"] == "ok") == 4
