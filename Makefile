@@ -4,18 +4,22 @@
 STAMP := $(shell date +%Y%m%d-%H%M%S)
 BENCH := .venv/bin/nectargan-bench
 STORAGE := sqlite:///results/studies.db
+DEVICE := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 
 setup:
 	@bash scripts/setup.sh
 
-# The main job: the static sweep of the default grid, then a short Optuna study (6 trials at 64 px on
+# The main job: the static sweep of the default grid, a measured (timed) sweep of the smoke grid on
+# this machine's device, then a short Optuna study (6 trials at 64 px on
 # the dataset built from scikit-image's photos, built once) on SQLite, its report, and the dashboard
 # command to watch it.
 demo: setup
 	@$(BENCH) sweep default --static-only --out results/runs/default-$(STAMP)
+	@$(BENCH) sweep smoke --mode eager --min-block-s 0.1 --device $(DEVICE) --out results/runs/smoke-measured-$(STAMP)
 	@$(BENCH) study default --storage $(STORAGE)
 	@$(BENCH) study-report $(STORAGE) --study default --out results/runs/study-default-$(STAMP)
-	@echo "Reports: results/runs/default-$(STAMP)/report.md, results/runs/study-default-$(STAMP)/report.md"
+	@echo "Reports: results/runs/default-$(STAMP)/report.md, results/runs/smoke-measured-$(STAMP)/report.md,"
+	@echo "         results/runs/study-default-$(STAMP)/report.md"
 	@echo "Watch the study: $(BENCH) dashboard $(STORAGE)   (then open http://127.0.0.1:8080/)"
 
 test: setup

@@ -143,7 +143,9 @@ def sweep(
         str | None, typer.Option(help="Run only part K of N of the grid, as K/N (e.g. 1/2).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; one line at the end.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or cuda:all (one worker per GPU).")] = "cpu",
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:N or cuda:all (default: the grid's, else cpu).")
+    ] = None,
     task: Annotated[list[str] | None, typer.Option(help="infer and/or train (repeat the option).")] = None,
     mode: Annotated[
         list[str] | None, typer.Option(help="eager, compile, compile-reduce-overhead, compile-max-autotune.")
@@ -179,6 +181,7 @@ def sweep(
 
         if launcher not in ("subprocess", "inline"):
             raise NectarGANError(f"--launcher {launcher!r} is not valid: use subprocess or inline")
+        device = device or str(_first(loaded.measure.get("device", "cpu")))
         options = measure_options(loaded, device, task=task, mode=mode, precision=precision, layout=layout,
                                   threads=threads, timeout_s=timeout, blocks=blocks, min_block_s=min_block_s,
                                   launcher=launcher)
@@ -225,7 +228,8 @@ def sweep(
     written = write_reports(directory, rows, [env] if env else [], title=loaded.name)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items())) or "nothing new"
     skipped = f", {result.skipped} already done" if result.skipped else ""
-    stderr.print(f"{result.planned} variants: {counts}{skipped}. Wrote {directory}/results.jsonl, "
+    unit = "variants" if options is None else "variants; rows"
+    stderr.print(f"{result.planned} {unit}: {counts}{skipped}. Wrote {directory}/results.jsonl, "
                  + ", ".join(p.name for p in written), highlight=False, soft_wrap=True)
     _print_unsupported(rows)
     failed = [r for r in rows if r.get("status") in ("error", "timeout")]
@@ -233,6 +237,10 @@ def sweep(
         stderr.print(f"Error: {len(failed)} row(s) failed (status error or timeout); see the reason "
                      f"column of {directory}/results.csv", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _first(value):
+    return value[0] if isinstance(value, list) else value
 
 
 def _print_unsupported(rows: list[dict]) -> None:
