@@ -62,7 +62,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                                   job["min_block_s"], compile_only=job.get("compile_only", False))
     except torch.OutOfMemoryError as exc:
         return {"status": "oom", "rows": rows, "error": " ".join(str(exc).split())[:300]}
-    return {"status": "ok", "rows": rows, "threads": torch.get_num_threads()}
+    envelope = {"status": "ok", "rows": rows, "threads": torch.get_num_threads()}
+    if job.get("max_batch"):
+        from bench.workload import max_batch
+
+        largest = {}
+        for cfg in configs:
+            probe = (cfg.task, cfg.precision, cfg.layout)
+            if probe not in largest:
+                largest[probe] = max_batch(spec, cfg, device, int(job["max_batch"]))
+        for row in rows:
+            row["max_batch"] = largest[(row["task"], row["precision"], row["layout"])]
+    return envelope
 
 
 def main() -> int:

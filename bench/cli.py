@@ -159,6 +159,9 @@ def sweep(
     launcher: Annotated[str, typer.Option(help="subprocess (isolated, default) or inline (debugging).")] = (
         "subprocess"
     ),
+    max_batch: Annotated[
+        int | None, typer.Option(help="Also find the largest batch that fits, halving from N (column max_batch).")
+    ] = None,
 ) -> None:
     """Profile every variant of a grid into a run folder, then write its reports.
 
@@ -184,7 +187,7 @@ def sweep(
         device = device or str(_first(loaded.measure.get("device", "cpu")))
         options = measure_options(loaded, device, task=task, mode=mode, precision=precision, layout=layout,
                                   threads=threads, timeout_s=timeout, blocks=blocks, min_block_s=min_block_s,
-                                  launcher=launcher)
+                                  launcher=launcher, max_batch=max_batch)
         resolve_devices(device)  # fail before anything is written
     directory = out if out is not None else default_out_dir(loaded)
     if resume and out is None:

@@ -46,6 +46,7 @@ class MeasureOptions:
     launcher: str = "subprocess"
     warm_compile: bool = True
     inductor_cache: str | None = None
+    max_batch: int | None = None
 
 
 def _choice_list(name: str, values: Any, allowed: tuple[str, ...]) -> list[str]:
@@ -96,8 +97,8 @@ def measure_options(grid: Grid, device: str = "cpu", **overrides: Any) -> Measur
     timeout = table.get("timeout_s", DEFAULT_TIMEOUT_S)
     if isinstance(timeout, list):
         timeout = timeout[0]
-    keep = {k: table[k] for k in ("blocks", "min_block_s", "launcher", "warm_compile", "inductor_cache")
-            if k in table}
+    keep = {k: table[k] for k in ("blocks", "min_block_s", "launcher", "warm_compile", "inductor_cache",
+                                  "max_batch") if k in table}
     return MeasureOptions(tasks, modes, precisions, layouts, device=device,
                           threads=int(threads) if threads else None, timeout_s=float(timeout), **keep)
 
@@ -169,13 +170,13 @@ def measure_variant(spec: VariantSpec, options: MeasureOptions, device: str, dir
     child_device, env = _child_env(device, options, directory)
     job = {"device": child_device, "variant": spec.to_dict(), "configs": [c.__dict__ for c in runnable],
            "flops": flops, "ceilings": ceilings, "blocks": options.blocks, "min_block_s": options.min_block_s,
-           "threads": options.threads}
+           "threads": options.threads, "max_batch": options.max_batch}
     envelope = _launch(job, options, env)
     measured = {(r["task"], r["mode"], r["precision"], r["layout"]): r for r in envelope.get("rows", [])}
     warm: dict[tuple, float] = {}
     if envelope.get("status") == "ok" and options.warm_compile and any(c.mode != "eager" for c in runnable):
         compiled = [c.__dict__ for c in runnable if c.mode != "eager"]
-        again = _launch(job | {"configs": compiled, "compile_only": True}, options, env)
+        again = _launch(job | {"configs": compiled, "compile_only": True, "max_batch": None}, options, env)
         warm = {(r["task"], r["mode"], r["precision"], r["layout"]): r.get("compile_s")
                 for r in again.get("rows", [])}
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

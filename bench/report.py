@@ -38,7 +38,7 @@ MEASURE_COLUMNS = [
     *VARIANT_COLUMNS, "task", "mode", "precision", "layout", "device", "threads", "status", "reason",
     "median_ms", "iqr_ms", "min_ms", "img_per_s", "tflops", "pct_of_peak", "noisy", "peak_mem_mib",
     "peak_reserved_mib", "compile_s", "compile_warm_s", "graph_breaks", "recompiles", "max_rel_err", "err_flag",
-    "blocks", "calls_per_block", "measure_s",
+    "blocks", "calls_per_block", "measure_s", "max_batch",
 ]
 STATUS_ORDER = ["ok", "invalid", "error", "oom", "timeout"]
 

@@ -8,6 +8,7 @@ checked against eager fp32 (``max_rel_err``), and then timed interleaved (see :m
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ LAYOUTS = ("nchw", "channels_last")
 # Largest relative error of the output against eager fp32 that is expected for a precision.
 TOLERANCE = {"fp32": 1e-3, "tf32": 2e-2, "bf16": 1e-1, "fp16": 2e-2}
 WARMUP_CALLS = 3
+OOM_ABOVE_ENV = "NECTARGAN_BENCH_TEST_OOM_ABOVE_BATCH"
 MIB = 2**20
 
 
@@ -67,6 +69,9 @@ class Workload:
 
 
 def _build(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, seed: int) -> Workload:
+    limit = os.environ.get(OOM_ABOVE_ENV)
+    if limit and cfg.batch_size > int(limit):  # test-only hook for the max-batch search
+        raise torch.OutOfMemoryError(f"injected out-of-memory above batch {limit} (test hook)")
     torch.manual_seed(seed)
     model = spec.build().to(device)
     fmt = torch.channels_last if cfg.layout == "channels_last" else torch.contiguous_format
@@ -247,3 +252,21 @@ def matmul_ceiling(device: torch.device, precision: str, min_block_s: float = 0.
         torch.mm(a, b)
     result = measure_interleaved({"mm": lambda: torch.mm(a, b)}, timer, blocks=3, min_block_s=min_block_s)["mm"]
     return 2 * n**3 / result.median_s / 1e12
+
+
+def max_batch(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, start: int) -> int:
+    """The largest batch, halving from ``start``, for which one call of ``cfg`` runs without OOM (0: none)."""
+    batch = start
+    while batch >= 1:
+        try:
+            workload = _build(spec, MeasureConfig(cfg.task, cfg.mode, cfg.precision, cfg.layout, batch), device, 0)
+            workload.call()
+            _sync(device)
+            del workload
+            return batch
+        except torch.OutOfMemoryError:
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            batch //= 2
+    return 0

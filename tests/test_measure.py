@@ -149,3 +149,24 @@ def test_inline_launcher(tmp_path):
     code, out = _sweep(tmp_path, text, "--launcher", "inline")
     assert code == 0
     assert sum(1 for r in _rows(out) if r["kind"] == "measure" and r["status"] == "ok") == 4
+
+
+def test_max_batch_search_halves_until_it_fits(tmp_path, monkeypatch):
+    from bench.workload import OOM_ABOVE_ENV
+
+    monkeypatch.setenv(OOM_ABOVE_ENV, "5")
+    text = """
+[grid]
+n_downs = [3]
+features = [4]
+input_size = [32]
+batch_size = [2]
+[measure]
+task = ["train"]
+mode = ["eager"]
+"""
+    code, out = _sweep(tmp_path, text, "--max-batch", "32")
+    assert code == 0
+    (row,) = [r for r in _rows(out) if r["kind"] == "measure"]
+    assert row["status"] == "ok" and row["batch_size"] == 2  # the requested batch is kept
+    assert row["max_batch"] == 4  # 32 -> 16 -> 8 -> 4 fits under the injected limit of 5
