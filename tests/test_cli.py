@@ -112,7 +112,8 @@ def test_debug_is_accepted_after_the_command(capsys):
         main(["profile", "--n-downs", "2", "--debug"])
 
 
-def test_help_shows_where_output_goes(capsys):
+def test_help_shows_where_output_goes(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # no wrapping inside the help's boxes
     assert main(["sweep", "--help"]) == 0
     out = capsys.readouterr().out
     assert "results/runs/<grid>-<timestamp>" in out
