@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import ENV_FILE, read_env, write_json_atomic
-from bench.grid import Grid, shard
+from bench.grid import Grid
 from bench.launcher import LAUNCHERS
 from bench.store import JsonlStore, Row
-from bench.sweep import SCHEMA_VERSION, prepare_run_dir, static_key, static_row
+from bench.sweep import SCHEMA_VERSION, prepare_run_dir, select_variants, static_key, static_row
 from bench.variant import VariantSpec
 from bench.workload import LAYOUTS, MODES, PRECISIONS, TASKS, MeasureConfig
 from nectargan.errors import NectarGANError, did_you_mean
@@ -210,16 +210,7 @@ def run_measured_sweep(
 ) -> MeasuredSweepResult:
     """Static and measured rows for every variant, one device worker per device."""
     devices = resolve_devices(options.device)
-    variants = grid.variants()
-    if not variants:
-        raise NectarGANError(f"grid {grid.source} has no variants (exclude removed every combination)")
-    if shard_spec is not None:
-        total = len(variants)
-        variants = shard(variants, *shard_spec)
-        if not variants:
-            raise NectarGANError(
-                f"--shard {shard_spec[0]}/{shard_spec[1]} is empty: the grid has only {total} variants"
-            )
+    variants = select_variants(grid, shard_spec)
     prepare_run_dir(directory, grid, resume, shard_spec, command)
     store = JsonlStore(directory)
     done = store.keys()

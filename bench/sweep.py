@@ -102,6 +102,21 @@ def prepare_run_dir(
     write_json_atomic(directory / ENV_FILE, env)
 
 
+def select_variants(grid: Grid, shard_spec: tuple[int, int] | None) -> list[VariantSpec]:
+    """The grid's variants, or one shard of them; an empty selection is an error."""
+    variants = grid.variants()
+    if not variants:
+        raise NectarGANError(f"grid {grid.source} has no variants (exclude removed every combination)")
+    if shard_spec is None:
+        return variants
+    part = shard(variants, *shard_spec)
+    if not part:
+        raise NectarGANError(
+            f"--shard {shard_spec[0]}/{shard_spec[1]} is empty: the grid has only {len(variants)} variants"
+        )
+    return part
+
+
 def run_static_sweep(
     grid: Grid,
     directory: Path,
@@ -115,16 +130,7 @@ def run_static_sweep(
 
     Rows already in the store are skipped when resuming, so each variant is written exactly once.
     """
-    variants = grid.variants()
-    if not variants:
-        raise NectarGANError(f"grid {grid.source} has no variants (exclude removed every combination)")
-    if shard_spec is not None:
-        total = len(variants)
-        variants = shard(variants, *shard_spec)
-        if not variants:
-            raise NectarGANError(
-                f"--shard {shard_spec[0]}/{shard_spec[1]} is empty: the grid has only {total} variants"
-            )
+    variants = select_variants(grid, shard_spec)
     prepare_run_dir(directory, grid, resume, shard_spec, command)
     store = JsonlStore(directory)
     done = store.keys()
