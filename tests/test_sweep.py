@@ -121,11 +121,6 @@ def test_bad_grid_from_the_command_line(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_sweep_needs_static_only_for_now(tmp_path, capsys):
-    assert main(["sweep", "smoke", "--out", str(tmp_path / "x")]) == 1
-    assert "--static-only" in capsys.readouterr().err
-
-
 def test_sigkill_then_resume_gives_every_row_once(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "bench", "sweep", "smoke", "--static-only", "--out", str(out), "--quiet"]
