@@ -370,6 +370,7 @@ def train(
     beta1: Annotated[float, typer.Option(help="Adam beta1.")] = 0.5,
     lambda_l1: Annotated[float, typer.Option(help="Weight of the L1 term.")] = 100.0,
     d_layers: Annotated[int, typer.Option(help="PatchGAN n_layers (3: 34x34 patches, 4: 70x70).")] = 3,
+    d_features: Annotated[int, typer.Option(help="PatchGAN base channels.")] = 64,
     direction: Annotated[str, typer.Option(help="AtoB (input = left half) or BtoA.")] = "AtoB",
     eval_every: Annotated[int, typer.Option(help="Evaluate on val every N steps (0: at the end only).")] = 200,
     log_every: Annotated[int, typer.Option(help="Read the losses every N steps.")] = 20,
@@ -387,6 +388,8 @@ def train(
 ) -> None:
     """Train a generator against a PatchGAN discriminator (pix2pix objective) and evaluate it.
 
+    Give a budget: --steps and/or --seconds (whichever ends first).
+
     Example: nectargan-bench train --data data/edges64 --input-size 64 --n-downs 3 --steps 500 --out runs/t64
     """
     from nectargan.train import TrainConfig, fit
@@ -400,7 +403,8 @@ def train(
         raise NectarGANError(reason)
     kwargs = spec.model_kwargs()
     config = TrainConfig(
-        data=str(data), out=str(out), generator=kwargs, d_layers=d_layers, batch_size=batch_size,
+        data=str(data), out=str(out), generator=kwargs, d_layers=d_layers, d_features=d_features,
+        batch_size=batch_size,
         steps=steps, seconds=seconds, lr=lr, beta1=beta1, lambda_l1=lambda_l1, direction=direction,
         eval_every=eval_every, log_every=log_every, seed=seed, device=device, precision=precision.value,
         channels_last=channels_last, compile=compile, preload=preload,
@@ -458,7 +462,7 @@ class _TrainProgress:
             self.progress.update(self.task, completed=self.total)
 
     def stop(self) -> None:
-        if self.progress is not None:
+        if self.progress is not None and self.task is not None:
             self.progress.stop()
 
 
@@ -473,7 +477,7 @@ def study(
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after S seconds.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes sharing the storage.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Trial folders (default: results/studies/<name>).")] = None,
-    heartbeat: Annotated[int, typer.Option(help="Heartbeat interval in seconds (RDB storages).")] = 10,
+    heartbeat: Annotated[int, typer.Option(min=1, help="Heartbeat interval in seconds (RDB storages).")] = 10,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; one line at the end.")] = False,
 ) -> None:
     """Run (or resume) an Optuna study of short training trials; several workers share the storage.

@@ -136,18 +136,30 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--n-downs", type=int, default=3)
-    parser.add_argument("--features", type=int, default=16)
-    parser.add_argument("--d-layers", type=int, default=3)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "tf32", "bf16", "fp16"])
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--blocks", type=int, default=5)
-    parser.add_argument("--min-block-s", type=float, default=0.5)
+    def positive(kind):
+        def parse(text: str):
+            value = kind(text)
+            if value <= 0:
+                raise argparse.ArgumentTypeError(f"{text} is not valid: use a positive number")
+            return value
+        return parse
+
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--size", type=positive(int), default=64, help="input side in pixels")
+    parser.add_argument("--n-downs", type=positive(int), default=3, help="generator n_downs")
+    parser.add_argument("--features", type=positive(int), default=16, help="generator features")
+    parser.add_argument("--d-layers", type=positive(int), default=3, help="PatchGAN n_layers")
+    parser.add_argument("--batch-sizes", type=positive(int), nargs="+", default=[1, 8], help="our step's batches")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "tf32", "bf16", "fp16"],
+                        help="our step's precision (auto: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="compile our step (default: on for CUDA)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels_last for our step (default: on for CUDA)")
+    parser.add_argument("--warmup", type=positive(int), default=3, help="untimed steps first (compilation)")
+    parser.add_argument("--blocks", type=positive(int), default=5, help="timed blocks per loop")
+    parser.add_argument("--min-block-s", type=positive(float), default=0.5, help="minimum seconds per block")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     from rich.console import Console

@@ -220,6 +220,7 @@ def parse_study_config(text: str, source: str = "<string>", name: str = "study",
                 raise StudyConfigError(f"{entry} is empty; give at least one value")
             for v in value:
                 _check_type(entry, key, v)
+                _check_name(entry, key, v)
             space[key] = value
         elif isinstance(value, dict):
             space[key] = _range(entry, key, value)
@@ -227,6 +228,7 @@ def parse_study_config(text: str, source: str = "<string>", name: str = "study",
             raise StudyConfigError(f"{entry} must be a list (categorical) or a table {{ low = .., high = .. }}")
     for key, value in fixed.items():
         _check_type(f"{where}: [fixed].{key}", key, value)
+        _check_name(f"{where}: [fixed].{key}", key, value)
         if key in space:
             raise StudyConfigError(f"{where}: {key} is both searched ([space]) and fixed ([fixed]); keep one")
     constraints = {k: _number(f"{where}: [constraints].{k}", v, minimum=0) for k, v in constraints_t.items()}
@@ -290,6 +292,23 @@ def _check_type(where: str, key: str, value: Any) -> None:
     if not ok:
         kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[want]
         raise StudyConfigError(f"{where} has {value!r} ({type(value).__name__}); it must be {kind}")
+
+
+def _check_name(where: str, key: str, value: Any) -> None:
+    """Block and upsampling names must be known (a typo would prune every trial that drew it)."""
+    if key == "block_type":
+        from nectargan.models.unet.blocks import list_blocks
+
+        known = list_blocks()
+    elif key == "upconv_type":
+        from nectargan.models.unet.blocks import UPCONV_TYPES
+
+        known = list(UPCONV_TYPES)
+    else:
+        return
+    if value not in known:
+        raise StudyConfigError(f"{where} has unknown name {value!r}{did_you_mean(str(value), known)}; "
+                               f"known: {', '.join(known)}")
 
 
 def _range(where: str, key: str, table: dict) -> Range:

@@ -15,6 +15,7 @@ import gc
 import math
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from studies.config import CONSTRAINTS, Range, StudyConfig
 
 # Test-only hook: "oom" makes every trial raise torch.OutOfMemoryError before training.
 TEST_FAULT_ENV = "NECTARGAN_BENCH_TEST_FAULT"
+STATIC_CONSTRAINTS = ("max_params", "max_gflops")
 NUMERIC_ATTRS = ("params", "gflops", "train_img_per_s", "peak_mem_mib", "val_l1", "val_psnr", "val_ssim",
                  "train_seconds")
 
@@ -62,9 +64,10 @@ def constraint_values(attrs: dict[str, Any], limits: dict[str, float]) -> dict[s
     }
 
 
-def _record_constraints(trial: optuna.Trial, config: StudyConfig) -> dict[str, float]:
-    """Hand the constraint values to Optuna (``Trial.set_constraint``); return them."""
-    values = constraint_values(trial.user_attrs, config.constraints)
+def _record_constraints(trial: optuna.Trial, config: StudyConfig, keys: tuple[str, ...]) -> dict[str, float]:
+    """Hand the constraint values of ``keys`` to Optuna (``Trial.set_constraint``); return them."""
+    limits = {k: v for k, v in config.constraints.items() if k in keys}
+    values = constraint_values(trial.user_attrs, limits)
     for key, value in values.items():
         trial.set_constraint(key, value)
     return values
@@ -114,14 +117,15 @@ def run_trial(trial: optuna.Trial, config: StudyConfig, out_root: Path,
     trial.set_user_attr("params", int(n_params))
     trial.set_user_attr("gflops", float(gflops))
     over = [f"{CONSTRAINTS[k]} {trial.user_attrs[CONSTRAINTS[k]]:.4g} > {config.constraints[k]:.4g}"
-            for k, value in _record_constraints(trial, config).items() if value > 0]
+            for k, value in _record_constraints(trial, config, STATIC_CONSTRAINTS).items() if value > 0]
     if over:
         return _prune(trial, "constraint: " + ", ".join(over))
 
     settings = config.fixed | params
     generator = spec.model_kwargs()
     train_config = TrainConfig(
-        data=config.data_path, out=str(out_root / f"trial-{trial.number:04d}"), generator=generator,
+        data=config.data_path, out=str(out_root / f"trial-{trial.number:04d}-{uuid.uuid4().hex[:8]}"),
+        generator=generator,
         batch_size=int(settings.get("batch_size", 1)), steps=config.steps, seconds=config.seconds,
         lr=float(settings.get("lr", 2e-4)), beta1=float(settings.get("beta1", 0.5)),
         lambda_l1=float(settings.get("lambda_l1", 100.0)), d_layers=int(settings.get("d_layers", 3)),
@@ -153,7 +157,7 @@ def run_trial(trial: optuna.Trial, config: StudyConfig, out_root: Path,
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, float(value))
-    _record_constraints(trial, config)
+    _record_constraints(trial, config, ("max_peak_mem_mib",))
     samples = sorted((Path(train_config.out) / "samples").glob("step_*.png"),
                      key=lambda p: int(p.stem.split("_")[1]))
     if artifacts is not None and samples:

@@ -30,7 +30,9 @@ def load(storage_url: str, name: str) -> optuna.Study:
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs", "duration"))
-    frame = frame.rename(columns=lambda c: c.replace("user_attrs_", ""))
+    names = _objective_names(study)
+    values = {"value": names[0]} if "value" in frame else {f"values_{i}": n for i, n in enumerate(names)}
+    frame = frame.rename(columns=lambda c: c.replace("user_attrs_", "")).rename(columns=values)
     if "duration" in frame:
         frame["duration_s"] = frame.pop("duration").dt.total_seconds()
     return frame

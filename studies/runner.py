@@ -109,6 +109,15 @@ def open_study(run: StudyRun, config: StudyConfig, seed: int) -> optuna.Study:
     return study
 
 
+def _check_fixed_settings(config: StudyConfig) -> None:
+    """Device and precision problems are config errors, not one failed trial after another."""
+    from nectargan.train.config import TrainConfig, resolve
+
+    fixed = config.fixed
+    resolve(TrainConfig(data=config.data_path, steps=1, device=fixed.get("device", "auto"),
+                        precision=fixed.get("precision", "auto")))
+
+
 def _split(total: int | None, workers: int) -> list[int | None]:
     if total is None:
         return [None] * workers
@@ -120,6 +129,12 @@ def run_worker(run: StudyRun, index: int, n_trials: int | None,
     """One worker: its own sampler seed, the shared storage, ``n_trials`` trials (None: until timeout)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = run.config()
+    if run.workers > 1:  # share the cores: oversubscribed OpenMP threads slow every worker down many times
+        import os
+
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // run.workers))
     study = open_study(run, config, config.seed)
     # Its own seed per worker, and per resumption, so no two workers replay the same suggestions.
     study.sampler = make_sampler(config, config.seed + 1000 * index + len(study.get_trials(deepcopy=False)))
@@ -145,6 +160,11 @@ def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | Non
     n_trials = run.n_trials if run.n_trials is not None else (None if run.timeout_s else config.n_trials)
     if n_trials is not None and n_trials < 1:
         raise NectarGANError(f"--n-trials {n_trials} is not valid: use 1 or more")
+    if run.heartbeat_s < 1:
+        raise NectarGANError(f"--heartbeat {run.heartbeat_s} is not valid: use 1 second or more")
+    if run.timeout_s is not None and run.timeout_s <= 0:
+        raise NectarGANError(f"--timeout {run.timeout_s:g} is not valid: use a positive number of seconds")
+    _check_fixed_settings(config)
     ensure_data(config)
     study = open_study(run, config, config.seed)  # create it once, before the workers race to
     before = {t.number for t in study.get_trials(deepcopy=False)}

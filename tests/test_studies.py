@@ -260,6 +260,8 @@ def test_dashboard_serves_the_study(tmp_path):
         ("[space]\nn_downs = [3]\n[fixed]\nn_downs = 3\n", r"n_downs is both searched"),
         ("[data]\ntask = 'edges'\n", r"\[data\]\.task = 'edges'"),
         ("[budget]\nsteps = 0\n", r"\[budget\]\.steps = 0 must be >= 1"),
+        ("[space]\nblock_type = ['UnetBlock', 'ResBlock']\n",
+         r"unknown name 'ResBlock'.*known: UnetBlock, ResidualUnetBlock"),
         ("[study\n", r"is not valid TOML"),
     ],
 )
@@ -287,3 +289,14 @@ def test_bad_config_from_the_command_line(tmp_path, capsys):
     assert err.startswith("Error: ") and "did you mean 'n_downs'" in err and err.count("\n") == 0
     assert main(["study", "smoke", "--storage", "redis://nowhere"]) == 1
     assert "--storage 'redis://nowhere' is not valid" in capsys.readouterr().err
+
+
+def test_fixed_device_that_is_not_there_is_a_config_error(tmp_path, sample_dataset):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from nectargan.errors import NectarGANError
+
+    config = _config(tmp_path, sample_dataset, name="dev", extra='device = "cuda"\n')
+    with pytest.raises(NectarGANError, match="CUDA is not available"):
+        run_study(StudyRun(config_path=config, storage=f"sqlite:///{tmp_path}/dev.db"))
+    assert not (tmp_path / "dev.db").exists()

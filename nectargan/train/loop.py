@@ -72,10 +72,6 @@ def _batches(
     dataset: PairedImageDataset, config: TrainConfig, run: Resolved, preload: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled training batches (full batches only), from device memory or a DataLoader."""
-    if len(dataset) < config.batch_size:
-        raise InvalidArgumentError(
-            f"batch_size={config.batch_size} is larger than the training split ({len(dataset)} pairs)"
-        )
     if preload:
         pairs: PreloadedPairs = dataset.preload(run.device)
         generator = torch.Generator(device=run.device).manual_seed(config.seed)
@@ -195,6 +191,10 @@ def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "in_channels": generator.in_channels, "out_channels": generator.out_channels, "seed": config.seed,
     }
     train_set = PairedImageDataset(config.data, "train", **data_kwargs)
+    if len(train_set) < config.batch_size:
+        raise InvalidArgumentError(
+            f"batch_size={config.batch_size} is larger than the training split ({len(train_set)} pairs)"
+        )
     val_pairs = PairedImageDataset(config.data, "val", **data_kwargs).preload(run.device)
     preload = _should_preload(train_set, run, config.preload)
     batches = _batches(train_set, config, run, preload)
