@@ -252,4 +252,4 @@ def test_a_failing_variant_is_a_row_and_a_non_zero_exit(tmp_path, capsys):
     rows = {r["block_type"]: r for r in _lines(out)}
     assert rows["UnetBlock"]["status"] == "ok"
     assert rows["ExplodingBlock"]["status"] == "error" and "boom" in rows["ExplodingBlock"]["reason"]
-    assert "1 variant(s) failed" in capsys.readouterr().err
+    assert "1 row(s) failed" in capsys.readouterr().err
