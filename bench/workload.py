@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.profile import MIB
 from bench.timing import CudaEventTimer, PerfCounterTimer, measure_interleaved
 from bench.variant import VariantSpec
 
@@ -29,7 +30,6 @@ LAYOUTS = ("nchw", "channels_last")
 TOLERANCE = {"fp32": 1e-3, "tf32": 2e-2, "bf16": 1e-1, "fp16": 2e-2}
 WARMUP_CALLS = 3
 OOM_ABOVE_ENV = "NECTARGAN_BENCH_TEST_OOM_ABOVE_BATCH"
-MIB = 2**20
 
 
 @dataclass(frozen=True)
