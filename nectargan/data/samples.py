@@ -92,9 +92,9 @@ def build_sample_dataset(
         raise InvalidArgumentError(f"count={count!r} is not valid: use an integer >= 3 (train, val and test)")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InvalidArgumentError(f"--out {out} exists and is not a folder")
+        raise InvalidArgumentError(f"out={str(out)!r} exists and is not a folder")
     if out.is_dir() and any(out.glob("*/*.png")):
-        raise InvalidArgumentError(f"--out {out} already holds a dataset; choose an empty folder")
+        raise InvalidArgumentError(f"out={str(out)!r} already holds a dataset; choose an empty folder")
     rng = np.random.default_rng(seed)
     photos = _photos()
     derive = _DERIVE[task]

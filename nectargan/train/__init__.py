@@ -1,6 +1,7 @@
 """pix2pix training of a UnetGenerator against a PatchGAN discriminator (``fit``)."""
 
-from nectargan.train.config import TrainConfig, resolve, resolve_device
+from nectargan.runtime import resolve_device
+from nectargan.train.config import TrainConfig, resolve
 from nectargan.train.loop import METRIC_COLUMNS, NonFiniteLossError, evaluate, fit
 from nectargan.train.step import Pix2PixStep
 

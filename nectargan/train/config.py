@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 
+from nectargan import runtime
 from nectargan.errors import InvalidArgumentError
 
-PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+PRECISIONS = ("auto", *runtime.PRECISIONS)
 
 
 @dataclass
 class TrainConfig:
-    """One training run. ``None`` in the fast-path switches means "on for CUDA, off for CPU".
+    """One training run: the owner of every training default (NectarGAN's unless said otherwise).
+
+    ``None`` in the fast-path switches means "on for CUDA, off for CPU" (``preload``: "when the
+    split fits"). The command line and the studies pass only what their user set.
 
     The budget is ``steps`` and/or ``seconds`` (whichever ends first); the learning rate stays at
     ``lr`` for the first ``1 - decay_fraction`` of the budget, then falls linearly to 0 (pix2pix's
     linear policy, on the fraction of the budget spent instead of epochs).
     """
 
-    data: str
+    data: str = ""
     out: str | None = None
     generator: dict[str, Any] = field(default_factory=lambda: {"input_size": 256})
     d_layers: int = 3
@@ -52,6 +56,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`InvalidArgumentError` naming the first bad setting."""
+        if not self.data:
+            raise InvalidArgumentError("data is needed: the folder of a pix2pix-format dataset")
         if self.steps is None and self.seconds is None:
             raise InvalidArgumentError("a budget is needed: give steps and/or seconds")
         checks = [
@@ -85,6 +91,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
 
 def _real(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -101,38 +111,20 @@ class Resolved:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return runtime.autocast_dtype(self.precision)
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a CUDA device that is not there is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InvalidArgumentError(f"device={name!r} is not valid: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InvalidArgumentError(
-                f"device={name!r}: CUDA is not available here (torch {torch.__version__}); use --device cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InvalidArgumentError(
-                f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
-            )
-    elif device.type != "cpu":
-        raise InvalidArgumentError(f"device={name!r} is not supported: use auto, cpu, cuda or cuda:N")
-    return device
+    def autocast(self):
+        """The autocast context of this run's precision (a no-op for fp32 and tf32)."""
+        return runtime.autocast(self.precision, self.device)
 
 
 def resolve(config: TrainConfig) -> Resolved:
-    device = resolve_device(config.device)
+    device = runtime.resolve_device(config.device)
     cuda = device.type == "cuda"
     precision = config.precision
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if precision in ("fp16", "tf32") and not cuda:
+    if precision in runtime.CUDA_ONLY_PRECISIONS and not cuda:
         raise InvalidArgumentError(f"precision={precision!r} needs CUDA; on the CPU use fp32 or bf16")
     return Resolved(
         device=device,

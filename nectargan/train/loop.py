@@ -26,8 +26,9 @@ from nectargan.metrics import image_metrics
 from nectargan.models.checkpoint import save_checkpoint
 from nectargan.models.patchgan.model import Discriminator
 from nectargan.models.unet.model import UnetGenerator
+from nectargan.runtime import dynamo_counts, set_tf32
 from nectargan.train.config import Resolved, TrainConfig, resolve
-from nectargan.train.step import Pix2PixStep, dynamo_counts
+from nectargan.train.step import Pix2PixStep
 
 METRIC_COLUMNS = [
     "step", "elapsed_s", "img_per_s", "lr", "loss_d", "loss_g_gan", "loss_g_l1", "val_l1", "val_psnr", "val_ssim",
@@ -116,8 +117,7 @@ def evaluate(generator: torch.nn.Module, pairs: PreloadedPairs, run: Resolved, b
     for start in range(0, n, batch_size):
         x, y = pairs.batch(torch.arange(start, min(n, start + batch_size), device=pairs.a.device))
         x = x.contiguous(memory_format=torch.channels_last) if run.channels_last else x
-        dtype = run.autocast_dtype
-        with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
+        with run.autocast():
             out = generator(x).float()
         metrics = image_metrics(out, y)
         for key in sums:
@@ -179,11 +179,10 @@ def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     seed_everything(config.seed)
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = run.precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = run.precision == "tf32"
+        set_tf32(run.precision)
     out = Path(config.out) if config.out else None
     if out is not None and (out / "metrics.csv").exists():
-        raise InvalidArgumentError(f"--out {out} already holds a training run; choose another folder")
+        raise InvalidArgumentError(f"out={str(out)!r} already holds a training run; choose another folder")
     generator, discriminator = build_models(config, run)
     size = generator.input_size
     data_kwargs = {

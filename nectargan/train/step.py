@@ -14,7 +14,7 @@ What makes it fast, each part switchable in :class:`~nectargan.train.config.Trai
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -23,24 +23,14 @@ from nectargan.losses import discriminator_loss, generator_losses
 from nectargan.train.config import Resolved, TrainConfig
 
 
-def make_adam(params, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam(lr, (beta1, beta2)), fused when this torch supports it on ``device``."""
+def make_adam(params: Iterable[nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam(lr, (beta1, beta2)) of ``config``, fused when this torch supports it on ``device``."""
     params = list(params)
     kwargs = {"lr": config.lr, "betas": (config.beta1, config.beta2)}
     try:
         return torch.optim.Adam(params, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, foreach=device.type == "cuda", **kwargs)
-
-
-def dynamo_counts() -> dict[str, int]:
-    """Frames compiled so far and graph breaks seen (torch._dynamo's counters)."""
-    from torch._dynamo.utils import counters
-
-    return {
-        "frames": int(counters["frames"]["total"]),
-        "graph_breaks": int(sum(counters["graph_break"].values())),
-    }
 
 
 class Pix2PixStep:
@@ -64,12 +54,6 @@ class Pix2PixStep:
             self._loss_d = torch.compile(self._loss_d, dynamic=False)
             self._loss_g = torch.compile(self._loss_g, dynamic=False)
 
-    def _autocast(self):
-        dtype = self.run.autocast_dtype
-        if dtype is None:
-            return nullcontext()
-        return torch.autocast(self.run.device.type, dtype=dtype)
-
     def _discriminator_loss(self, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         logits = self.discriminator(torch.cat([x, x]), torch.cat([y, fake]))
         real_logits, fake_logits = logits.float().chunk(2)
@@ -90,12 +74,12 @@ class Pix2PixStep:
         return x.contiguous(memory_format=torch.channels_last) if self.run.channels_last else x
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self._autocast():
+        with self.run.autocast():
             fake = self._forward_g(x)
 
         self.discriminator.requires_grad_(True)
         self.opt_d.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.run.autocast():
             loss_d = self._loss_d(x, y, fake.detach())
         self.scaler_d.scale(loss_d).backward()
         self.scaler_d.step(self.opt_d)
@@ -103,7 +87,7 @@ class Pix2PixStep:
 
         self.discriminator.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.run.autocast():
             loss_g, gan, l1 = self._loss_g(x, y, fake)
         self.scaler_g.scale(loss_g).backward()
         self.scaler_g.step(self.opt_g)
