@@ -23,5 +23,5 @@ demo: setup
 	@echo "Watch the study: $(BENCH) dashboard $(STORAGE)   (then open http://127.0.0.1:8080/)"
 
 test: setup
-	@.venv/bin/ruff check nectargan bench studies tests
+	@.venv/bin/ruff check nectargan bench studies cli tests
 	@.venv/bin/python -m pytest

@@ -23,15 +23,16 @@ model rejects (``n_downs = 2``) becomes an ``invalid`` row in the sweep, with th
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.records import LAYOUTS, MODES, TASKS
+from bench.tomlfile import check_keys, number, parse_toml, read_toml, unknown_key
 from bench.variant import VariantSpec
 from nectargan.errors import NectarGANError, did_you_mean
+from nectargan.runtime import PRECISIONS
 
 BUILTIN_GRIDS = Path(__file__).parent / "grids"
 
@@ -49,8 +50,10 @@ AXES: dict[str, type] = {
 }
 GRID_KEYS = [*AXES, "exclude", "include"]
 TOP_LEVEL_KEYS = ["grid", "measure", "description"]
-# Options of timed sweeps (bench sweep without --static-only); each a list of strings or numbers.
-MEASURE_KEYS = ["task", "mode", "precision", "layout", "device", "threads", "timeout_s"]
+# Options of measured sweeps: names take a value or a list from their choices; numbers one value.
+MEASURE_CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "mode": MODES, "precision": PRECISIONS,
+                                               "layout": LAYOUTS}
+MEASURE_KEYS = [*MEASURE_CHOICES, "device", "threads", "timeout_s"]
 
 
 class GridError(NectarGANError, ValueError):
@@ -95,59 +98,20 @@ def _default(axis: str) -> Any:
     return VariantSpec.__dataclass_fields__[axis].default
 
 
-def resolve_grid_path(grid: str | Path) -> Path:
-    """A path as given, or the name of a built-in grid (``default``, ``smoke``)."""
-    path = Path(grid)
-    if path.exists() or path.suffix == ".toml" or len(path.parts) > 1:
-        return path
-    builtin = BUILTIN_GRIDS / f"{grid}.toml"
-    if builtin.exists():
-        return builtin
-    known = sorted(p.stem for p in BUILTIN_GRIDS.glob("*.toml"))
-    raise GridError(
-        f"grid {str(grid)!r} is neither a file nor a built-in grid; built-in grids: {', '.join(known)}"
-        f"{did_you_mean(str(grid), known)}"
-    )
-
-
 def load_grid(grid: str | Path) -> Grid:
     """Read and validate a grid TOML file (a path or a built-in grid name)."""
-    path = resolve_grid_path(grid)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise GridError(f"grid file {path} cannot be read: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise GridError(f"grid file {path} is not UTF-8 text") from None
-    return parse_grid(text, name=path.stem, source=_display_path(path), sha256=hashlib.sha256(raw).hexdigest())
-
-
-def _display_path(path: Path) -> str:
-    """``path`` relative to the working folder or the project when inside them, else absolute."""
-    resolved = path.resolve()
-    for base in (Path.cwd(), BUILTIN_GRIDS.parent.parent):
-        try:
-            return resolved.relative_to(base.resolve()).as_posix()
-        except ValueError:
-            continue
-    return str(resolved)
+    file = read_toml(grid, BUILTIN_GRIDS, "grid", GridError)
+    return _grid_from(file.data, name=file.name, source=file.source, sha256=file.sha256)
 
 
 def parse_grid(text: str, name: str = "grid", source: str = "<string>", sha256: str = "") -> Grid:
     """Parse grid TOML text; every problem is a one-line :class:`GridError` naming the key."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise GridError(f"grid file {source} is not valid TOML: {exc}") from None
+    return _grid_from(parse_toml(text, source, "grid", GridError), name=name, source=source, sha256=sha256)
+
+
+def _grid_from(data: dict[str, Any], name: str, source: str, sha256: str) -> Grid:
     where = source
-    for key in data:
-        if key not in TOP_LEVEL_KEYS:
-            raise GridError(
-                f"{where}: unknown top-level key {key!r}{did_you_mean(key, TOP_LEVEL_KEYS)}; "
-                f"valid keys: {', '.join(TOP_LEVEL_KEYS)}"
-            )
+    check_keys(where, "", data, TOP_LEVEL_KEYS, GridError)
     description = data.get("description", "")
     if not isinstance(description, str):
         raise GridError(f"{where}: 'description' must be a string")
@@ -159,10 +123,7 @@ def parse_grid(text: str, name: str = "grid", source: str = "<string>", sha256: 
         if key in ("exclude", "include"):
             continue
         if key not in AXES:
-            raise GridError(
-                f"{where}: unknown key [grid].{key}{did_you_mean(key, GRID_KEYS)}; "
-                f"valid keys: {', '.join(GRID_KEYS)}"
-            )
+            raise unknown_key(where, "[grid]", key, GRID_KEYS, GridError)
         if not isinstance(values, list):
             values = [values]
         if not values:
@@ -177,17 +138,33 @@ def parse_grid(text: str, name: str = "grid", source: str = "<string>", sha256: 
     measure = data.get("measure", {})
     if not isinstance(measure, dict):
         raise GridError(f"{where}: 'measure' must be a table ([measure])")
+    check_keys(where, "[measure]", measure, MEASURE_KEYS, GridError)
     for key, value in measure.items():
-        if key not in MEASURE_KEYS:
-            raise GridError(
-                f"{where}: unknown key [measure].{key}{did_you_mean(key, MEASURE_KEYS)}; "
-                f"valid keys: {', '.join(MEASURE_KEYS)}"
-            )
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values):
-            raise GridError(f"{where}: [measure].{key} must be a non-empty list of strings or numbers")
+        check_measure_value(key, value, f"{where}: [measure].{key}")
     return Grid(name=name, axes=axes, exclude=exclude, include=include, measure=measure,
                 description=description, source=source, sha256=sha256)
+
+
+def check_measure_value(key: str, value: Any, where: str) -> None:
+    """A ``[measure]`` value (or the same option given another way): names from their choices, a
+    device name, threads >= 1, timeout_s > 0 and so on; ``where`` names it in the error."""
+    if key in MEASURE_CHOICES:
+        values = value if isinstance(value, list | tuple) else [value]
+        if not values:
+            raise GridError(f"{where} is empty; give at least one of {', '.join(MEASURE_CHOICES[key])}")
+        for item in values:
+            if item not in MEASURE_CHOICES[key]:
+                raise GridError(f"{where}: {key} {item!r} is not valid{did_you_mean(str(item), MEASURE_CHOICES[key])}; "
+                                f"use {', '.join(MEASURE_CHOICES[key])}")
+    elif key == "device":
+        if isinstance(value, list):
+            value = value[0] if len(value) == 1 else value
+        if not isinstance(value, str) or not value:
+            raise GridError(f"{where} = {value!r} must be one device name: cpu, cuda, cuda:N or cuda:all")
+    elif key in ("threads", "blocks", "max_batch"):
+        number(where, value, GridError, kind=int, minimum=1)
+    elif key in ("timeout_s", "min_block_s"):
+        number(where, value, GridError, above=0)
 
 
 def _check_type(where: str, axis: str, value: Any) -> None:
@@ -205,10 +182,7 @@ def _entries(where: str, entries: Any, which: str) -> list[dict[str, Any]]:
             raise GridError(f"{where}: [grid].{which}[{i}] is empty; name at least one axis")
         for key, value in entry.items():
             if key not in AXES:
-                raise GridError(
-                    f"{where}: unknown key [grid].{which}[{i}].{key}{did_you_mean(key, list(AXES))}; "
-                    f"valid keys: {', '.join(AXES)}"
-                )
+                raise unknown_key(where, f"[grid].{which}[{i}]", key, AXES, GridError)
             _check_type(f"{where}: [grid].{which}[{i}].{key}", key, value)
     return entries
 
@@ -223,7 +197,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(part) for part in text.split("/"))
     except ValueError:
-        raise GridError(f"--shard {text!r} is not valid: use K/N, e.g. 1/2") from None
+        raise GridError(f"shard {text!r} is not valid: use K/N, e.g. 1/2") from None
     if not 1 <= k <= n:
-        raise GridError(f"--shard {text!r} is not valid: K must be between 1 and N, e.g. 1/{max(n, 2)}")
+        raise GridError(f"shard {text!r} is not valid: K must be between 1 and N, e.g. 1/{max(n, 2)}")
     return k, n

@@ -1,39 +1,41 @@
 """Measured sweeps: throughput, latency, memory and compile cost of each variant, one child per variant.
 
-For each valid variant the parent writes its static row (FLOPs are needed for TFLOP/s), then sends
-one job to a launcher: every (task, mode, precision, layout) at the variant's batch size, modes of one
-group measured interleaved in the same child. A second, compile-only child then measures the warm
-compile time, reusing the on-disk Inductor cache the first child filled (``compile_warm_s``). A child
-that runs out of memory, fails, crashes or hangs becomes rows with status ``oom`` / ``error`` /
-``timeout`` and the sweep goes on.
+:class:`MeasuredPlan` is the sweep plan (see :func:`bench.sweep.run_sweep`). For each valid variant it
+writes the static row (FLOPs are needed for TFLOP/s), then sends one :class:`~bench.records.MeasureJob`
+to a launcher: every (task, mode, precision, layout) at the variant's batch size, the modes of one
+group measured interleaved in the same child. A second child then runs a
+:class:`~bench.records.CompileJob`: the warm compile time, reusing the on-disk Inductor cache the first
+child filled (``compile_warm_s``). A child that runs out of memory, fails, crashes or hangs becomes
+rows with status ``oom`` / ``error`` / ``timeout`` and the sweep goes on.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-import os
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.env import ENV_FILE, read_env, write_json_atomic
-from bench.grid import Grid
-from bench.launcher import LAUNCHERS
+from bench.grid import Grid, check_measure_value
+from bench.launcher import LAUNCHERS, Launcher
+from bench.records import CeilingJob, CompileJob, Envelope, MeasureConfig, MeasureJob, measured_figures
 from bench.store import JsonlStore, Row
-from bench.sweep import SCHEMA_VERSION, prepare_run_dir, select_variants, static_key, static_row
+from bench.sweep import base_row, static_key, static_row
 from bench.variant import VariantSpec
-from bench.workload import LAYOUTS, MODES, PRECISIONS, TASKS, MeasureConfig
-from nectargan.errors import NectarGANError, did_you_mean
+from nectargan.errors import NectarGANError
+from nectargan.runtime import precision_reason, resolve_devices
 
 MEASURE_KIND = "measure"
 DEFAULT_TIMEOUT_S = 1800.0
+INDUCTOR_CACHE = "inductor-cache"
 
 
 @dataclass
 class MeasureOptions:
+    """How a measured sweep measures: what (tasks x modes x precisions x layouts), where and how long."""
+
     tasks: list[str]
     modes: list[str]
     precisions: list[str]
@@ -49,226 +51,149 @@ class MeasureOptions:
     max_batch: int | None = None
 
 
-def _choice_list(name: str, values: Any, allowed: tuple[str, ...]) -> list[str]:
-    values = values if isinstance(values, list) else [values]
-    for value in values:
-        if value not in allowed:
-            raise NectarGANError(f"{name} {value!r} is not valid{did_you_mean(str(value), allowed)}; "
-                                 f"use {', '.join(allowed)}")
-    return list(dict.fromkeys(values))
+def _listed(value: Any) -> list[Any]:
+    return list(dict.fromkeys(value if isinstance(value, list) else [value]))
 
 
-def resolve_devices(device: str) -> list[str]:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``cuda:all`` (one worker per visible GPU) -> device names."""
-    import torch
-
-    if device == "cpu":
-        return ["cpu"]
-    if not device.startswith("cuda"):
-        raise NectarGANError(f"--device {device!r} is not valid: use cpu, cuda, cuda:N or cuda:all")
-    if not torch.cuda.is_available():
-        raise NectarGANError(f"--device {device}: CUDA is not available on this machine "
-                             f"(torch {torch.__version__}); use --device cpu")
-    count = torch.cuda.device_count()
-    if device == "cuda:all":
-        return [f"cuda:{i}" for i in range(count)]
-    if device == "cuda":
-        return ["cuda:0"]
-    try:
-        index = int(device.split(":", 1)[1])
-    except ValueError:
-        raise NectarGANError(f"--device {device!r} is not valid: use cpu, cuda, cuda:N or cuda:all") from None
-    if not 0 <= index < count:
-        raise NectarGANError(f"--device {device}: only {count} CUDA device(s) are visible")
-    return [device]
+def _single(value: Any) -> Any:
+    return value[0] if isinstance(value, list) else value
 
 
-def measure_options(grid: Grid, device: str = "cpu", **overrides: Any) -> MeasureOptions:
-    """Grid ``[measure]`` values, CLI overrides on top, then the per-device defaults."""
-    table = dict(grid.measure) | {k: v for k, v in overrides.items() if v not in (None, [], ())}
+def measure_options(grid: Grid, device: str | None = None, **overrides: Any) -> MeasureOptions:
+    """The grid's ``[measure]`` values, explicit ``overrides`` on top, then the defaults for the device.
+
+    Every value is checked (names, types, ranges) before anything runs; a bad one is one line naming
+    the setting.
+    """
+    given = {k: v for k, v in overrides.items() if v not in (None, [], ())}
+    for key, value in given.items():
+        check_measure_value(key, value, "measure option")
+    table = dict(grid.measure) | given
+    device = str(device or _single(table.get("device", "cpu")))
     cuda = device.startswith("cuda")
-    tasks = _choice_list("task", table.get("task", ["infer", "train"]), TASKS)
-    modes = _choice_list("mode", table.get("mode", ["eager", "compile"]), MODES)
-    precisions = _choice_list("precision", table.get("precision", ["bf16"] if cuda else ["fp32"]), PRECISIONS)
-    layouts = _choice_list("layout", table.get("layout", ["nchw", "channels_last"] if cuda else ["nchw"]), LAYOUTS)
-    threads = table.get("threads")
-    if isinstance(threads, list):
-        threads = threads[0]
-    timeout = table.get("timeout_s", DEFAULT_TIMEOUT_S)
-    if isinstance(timeout, list):
-        timeout = timeout[0]
-    keep = {k: table[k] for k in ("blocks", "min_block_s", "launcher", "warm_compile", "inductor_cache",
-                                  "max_batch") if k in table}
-    return MeasureOptions(tasks, modes, precisions, layouts, device=device,
-                          threads=int(threads) if threads else None, timeout_s=float(timeout), **keep)
+    if table.get("launcher", "subprocess") not in LAUNCHERS:
+        raise NectarGANError(f"launcher={table['launcher']!r} is not valid: use {' or '.join(LAUNCHERS)}")
+    keep = {k: _single(table[k]) for k in ("threads", "timeout_s", "blocks", "min_block_s", "launcher",
+                                          "warm_compile", "inductor_cache", "max_batch") if k in table}
+    return MeasureOptions(
+        tasks=_listed(table.get("task", ["infer", "train"])),
+        modes=_listed(table.get("mode", ["eager", "compile"])),
+        precisions=_listed(table.get("precision", ["bf16"] if cuda else ["fp32"])),
+        layouts=_listed(table.get("layout", ["nchw", "channels_last"] if cuda else ["nchw"])),
+        device=device, **keep,
+    )
 
 
 def measure_key(spec: VariantSpec, cfg: MeasureConfig, device: str) -> str:
     return f"{MEASURE_KIND}|{spec.key}|{cfg.task}|{cfg.mode}|{cfg.precision}|{cfg.layout}|{device}"
 
 
-def _configs(spec: VariantSpec, options: MeasureOptions) -> list[MeasureConfig]:
+def measure_configs(spec: VariantSpec, options: MeasureOptions) -> list[MeasureConfig]:
     return [MeasureConfig(t, m, p, lay, spec.batch_size)
             for t, p, lay, m in itertools.product(options.tasks, options.precisions, options.layouts, options.modes)]
 
 
-def _base_row(spec: VariantSpec, cfg: MeasureConfig, device: str, options: MeasureOptions) -> Row:
-    return {
-        "schema": SCHEMA_VERSION, "kind": MEASURE_KIND, "key": measure_key(spec, cfg, device),
-        "variant": spec.name, **spec.to_dict(),
-        "out_channels": spec.out_channels if spec.out_channels is not None else spec.in_channels,
+def measured_row(spec: VariantSpec, cfg: MeasureConfig, device: str, threads: int | None) -> Row:
+    """The identifying columns of a measured row: the variant, its config and the device."""
+    return base_row(MEASURE_KIND, measure_key(spec, cfg, device), spec) | {
         "task": cfg.task, "mode": cfg.mode, "precision": cfg.precision, "layout": cfg.layout,
-        "device": device, "threads": options.threads,
+        "device": device, "threads": threads,
     }
 
 
-def _child_env(device: str, options: MeasureOptions, directory: Path) -> tuple[str, dict[str, str]]:
-    env = {"TORCHINDUCTOR_CACHE_DIR": str(Path(options.inductor_cache or directory / "inductor-cache").resolve())}
-    if device.startswith("cuda"):
-        env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
-        return "cuda:0", env
-    return device, env
+class MeasuredPlan:
+    """The static row, then every measured configuration of each valid variant (see the module docstring)."""
 
+    def __init__(self, options: MeasureOptions, launcher: Launcher | None = None) -> None:
+        self.options = options
+        self.launcher = launcher or LAUNCHERS[options.launcher]()
+        self.ceilings: dict[str, dict[str, float]] = {}
+        self.directory = Path(".")
 
-def _launch(job: dict[str, Any], options: MeasureOptions, env: dict[str, str]) -> dict[str, Any]:
-    launcher = LAUNCHERS[options.launcher]
-    if options.launcher == "subprocess":
-        return launcher(job, timeout_s=options.timeout_s, env=env)
-    os.environ.update(env)
-    return launcher(job, timeout_s=options.timeout_s)
+    def devices(self) -> list[str]:
+        return resolve_devices(self.options.device)
 
-
-def measure_ceilings(options: MeasureOptions, directory: Path) -> dict[str, dict[str, float]]:
-    """The matmul ceiling (TFLOP/s) per device and precision, measured once per run in a child."""
-    ceilings: dict[str, dict[str, float]] = {}
-    for device in resolve_devices(options.device)[:1]:
-        child_device, env = _child_env(device, options, directory)
-        job = {"ceilings_only": True, "device": child_device, "precisions": options.precisions,
-               "threads": options.threads}
-        envelope = _launch(job, options, env)
-        if envelope.get("status") == "ok":
-            ceilings[device] = envelope["ceilings"]
-    return ceilings
-
-
-def measure_variant(spec: VariantSpec, options: MeasureOptions, device: str, directory: Path,
-                    flops: dict[str, int], ceilings: dict[str, float]) -> list[Row]:
-    """All measured rows of one variant on one device (invalid configs become invalid rows)."""
-    import torch
-
-    configs = _configs(spec, options)
-    rows: list[Row] = []
-    runnable = []
-    for cfg in configs:
-        reason = cfg.invalid_reason(torch.device(device))
-        if reason:
-            rows.append(_base_row(spec, cfg, device, options) | {"status": "invalid", "reason": reason})
-        else:
-            runnable.append(cfg)
-    if not runnable:
-        return rows
-    child_device, env = _child_env(device, options, directory)
-    job = {"device": child_device, "variant": spec.to_dict(), "configs": [c.__dict__ for c in runnable],
-           "flops": flops, "ceilings": ceilings, "blocks": options.blocks, "min_block_s": options.min_block_s,
-           "threads": options.threads, "max_batch": options.max_batch}
-    envelope = _launch(job, options, env)
-    measured = {(r["task"], r["mode"], r["precision"], r["layout"]): r for r in envelope.get("rows", [])}
-    warm: dict[tuple, float] = {}
-    if envelope.get("status") == "ok" and options.warm_compile and any(c.mode != "eager" for c in runnable):
-        compiled = [c.__dict__ for c in runnable if c.mode != "eager"]
-        again = _launch(job | {"configs": compiled, "compile_only": True, "max_batch": None}, options, env)
-        warm = {(r["task"], r["mode"], r["precision"], r["layout"]): r.get("compile_s")
-                for r in again.get("rows", [])}
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    for cfg in runnable:
-        key = (cfg.task, cfg.mode, cfg.precision, cfg.layout)
-        row = _base_row(spec, cfg, device, options)
-        if key in measured:
-            data = {k: v for k, v in measured[key].items() if k not in ("task", "mode", "precision", "layout",
-                                                                         "batch_size")}
-            row |= {"status": "ok", "reason": "", **data, "compile_warm_s": warm.get(key), "finished_at": now,
-                    "threads": envelope.get("threads", options.threads)}
-        else:
-            row |= {"status": envelope.get("status", "error") if envelope.get("status") != "ok" else "error",
-                    "reason": envelope.get("error", "no result for this configuration")}
-        rows.append(row)
-    return rows
-
-
-@dataclass
-class MeasuredSweepResult:
-    directory: Path
-    planned: int
-    skipped: int
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-def run_measured_sweep(
-    grid: Grid, directory: Path, options: MeasureOptions, resume: bool = False,
-    shard_spec: tuple[int, int] | None = None, on_start: Callable[[int], None] | None = None,
-    on_row: Callable[[VariantSpec, list[Row]], None] | None = None, command: str | None = None,
-) -> MeasuredSweepResult:
-    """Static and measured rows for every variant, one device worker per device."""
-    devices = resolve_devices(options.device)
-    variants = select_variants(grid, shard_spec)
-    prepare_run_dir(directory, grid, resume, shard_spec, command)
-    store = JsonlStore(directory)
-    done = store.keys()
-    env = read_env(directory) or {}
-    ceilings = env.get("matmul_ceiling_tflops") or measure_ceilings(options, directory)
-    env["matmul_ceiling_tflops"] = ceilings
-    env["measure"] = {k: v for k, v in options.__dict__.items()}
-    write_json_atomic(directory / ENV_FILE, env)
-
-    def pending(spec: VariantSpec) -> bool:
+    def keys(self, spec: VariantSpec) -> set[str]:
         keys = {static_key(spec)}
         if spec.invalid_reason() is None:
-            keys |= {measure_key(spec, c, d) for c in _configs(spec, options) for d in devices}
-        return not keys <= done
+            keys |= {measure_key(spec, c, d) for c in measure_configs(spec, self.options) for d in self.devices()}
+        return keys
 
-    todo = [spec for spec in variants if pending(spec)]
-    result = MeasuredSweepResult(directory, planned=len(variants), skipped=len(variants) - len(todo))
-    if on_start:
-        on_start(len(todo))
-    lock = threading.Lock()
-    queue = list(todo)
+    def start(self, directory: Path, store: JsonlStore) -> None:
+        """Measure the matmul ceilings once per run (kept in env.json, reused on resume)."""
+        self.directory = directory
+        env = read_env(directory) or {}
+        self.ceilings = env.get("matmul_ceiling_tflops") or self._measure_ceilings()
+        env["matmul_ceiling_tflops"] = self.ceilings
+        env["measure"] = asdict(self.options)
+        write_json_atomic(directory / ENV_FILE, env)
 
-    def record(rows: list[Row], spec: VariantSpec) -> None:
-        with lock:
-            for row in rows:
-                if row["key"] in done:
-                    continue
-                store.append(row)
-                done.add(row["key"])
-                result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
-            if on_row:
-                on_row(spec, rows)
+    def _env(self, device: str) -> tuple[str, dict[str, str]]:
+        job_device, env = self.launcher.place(device)
+        cache = Path(self.options.inductor_cache or self.directory / INDUCTOR_CACHE)
+        return job_device, env | {"TORCHINDUCTOR_CACHE_DIR": str(cache.resolve())}
 
-    def worker(device: str) -> None:
-        while True:
-            with lock:
-                if not queue:
-                    return
-                spec = queue.pop(0)
-            static = static_row(spec) if static_key(spec) not in done else None
-            rows = [static] if static else []
-            if spec.invalid_reason() is None:
-                flops = _flops(static, store, spec)
-                rows += measure_variant(spec, options, device, directory, flops, ceilings.get(device, {}))
-            record(rows, spec)
+    def _measure_ceilings(self) -> dict[str, dict[str, float]]:
+        """The matmul ceiling (TFLOP/s) per precision that can run, on the first device."""
+        device = self.devices()[0]
+        runnable = [p for p in self.options.precisions if precision_reason(p, device) is None]
+        if not runnable:
+            return {}
+        job_device, env = self._env(device)
+        envelope = self.launcher.launch(CeilingJob(job_device, runnable, self.options.threads), env,
+                                        self.options.timeout_s)
+        return {device: envelope.ceilings} if envelope.status == "ok" else {}
 
-    if len(devices) == 1:
-        worker(devices[0])
-    else:
-        threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    return result
+    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore) -> list[Row]:
+        static = static_row(spec) if static_key(spec) not in done else None
+        rows = [static] if static else []
+        if spec.invalid_reason() is None:
+            rows += self.measure_variant(spec, device, _static_flops(spec, static, store))
+        return rows
+
+    def measure_variant(self, spec: VariantSpec, device: str, flops: dict[str, int]) -> list[Row]:
+        """All measured rows of one variant on one device (configs that cannot run become invalid rows)."""
+        options = self.options
+        rows: list[Row] = []
+        runnable = []
+        for cfg in measure_configs(spec, options):
+            reason = precision_reason(cfg.precision, device)
+            if reason:
+                rows.append(measured_row(spec, cfg, device, options.threads) | {"status": "invalid", "reason": reason})
+            else:
+                runnable.append(cfg)
+        if not runnable:
+            return rows
+        job_device, env = self._env(device)
+        job = MeasureJob(job_device, spec.to_dict(), runnable, options.blocks, options.min_block_s,
+                         options.threads, options.max_batch)
+        envelope = self.launcher.launch(job, env, options.timeout_s)
+        warm: Envelope | None = None
+        compiled = [c for c in runnable if c.compiled]
+        if envelope.status == "ok" and options.warm_compile and compiled:
+            warm = self.launcher.launch(CompileJob(job_device, spec.to_dict(), compiled, options.threads), env,
+                                        options.timeout_s)
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        ceilings = self.ceilings.get(device, {})
+        for cfg in runnable:
+            row = measured_row(spec, cfg, device, options.threads)
+            raw = envelope.measurement(cfg)
+            if raw is None:
+                status = envelope.status if envelope.status != "ok" else "error"
+                rows.append(row | {"status": status, "reason": envelope.error or "no result for this configuration"})
+                continue
+            per_image = flops["flops_train" if cfg.task == "train" else "flops_fwd"]
+            warm_raw = warm.measurement(cfg) if warm is not None else None
+            rows.append(row | {
+                "status": "ok", "reason": "", **measured_figures(raw, per_image, ceilings.get(cfg.precision)),
+                "compile_warm_s": warm_raw.first_call_s if warm_raw else None, "finished_at": now,
+                "threads": envelope.threads or options.threads,
+            })
+        return rows
 
 
-def _flops(static: Row | None, store: JsonlStore, spec: VariantSpec) -> dict[str, int]:
+def _static_flops(spec: VariantSpec, static: Row | None, store: JsonlStore) -> dict[str, int]:
+    """FLOPs per image from the variant's static row (just written, or in the store when resuming)."""
     if static is None:
         key = static_key(spec)
         static = next((r for r in store.iter_rows() if r["key"] == key), None)

@@ -6,7 +6,6 @@ and GFLOPs happens only in the markdown.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from bench.env import ENV_FILE, read_env, write_json_atomic
-from bench.store import JsonlStore, MemoryStore, Row, merged_rows
+from bench.store import RUNS_ROOT, JsonlStore, MemoryStore, Row, merged_rows, new_run_dir
 from nectargan.errors import NectarGANError
 
 VARIANT_COLUMNS = [
@@ -344,16 +343,13 @@ def report_dirs(directories: list[Path], out: Path | None = None) -> tuple[Path,
     rows = merged_rows(directories)
     envs = [env for d in directories if (env := read_env(d)) is not None]
     if out is None:
-        if len(directories) == 1:
-            out = directories[0]
-        else:
-            out = Path("results/runs") / f"merged-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        out = directories[0] if len(directories) == 1 else new_run_dir("merged")
     if out.exists() and not out.is_dir():
-        raise NectarGANError(f"--out {out} exists and is not a folder")
+        raise NectarGANError(f"output folder {out} exists and is not a folder")
     if len(directories) > 1 or out.resolve() != directories[0].resolve():
         store = JsonlStore(out)
         if store.exists():
-            raise NectarGANError(f"--out {out} already holds results; choose an empty folder")
+            raise NectarGANError(f"output folder {out} already holds results; choose an empty folder")
         for row in MemoryStore(rows).iter_rows():
             store.append(row)
         write_json_atomic(out / ENV_FILE, {"merged_from": [str(d) for d in directories], "sources": envs})
@@ -393,9 +389,9 @@ def compare_dirs(dir_a: Path, dir_b: Path, out: Path | None = None) -> tuple[pd.
         f"{len(table)} rows in both (ok in both); {only_a} only in A, {only_b} only in B.", "",
         ratios.to_markdown(index=False, floatfmt=".3f") if len(ratios) else "_No rows in common._", "",
     ])
-    out = out or Path("results/runs") / f"compare-{dir_a.name}-vs-{dir_b.name}"
+    out = out or RUNS_ROOT / f"compare-{dir_a.name}-vs-{dir_b.name}"
     if out.exists() and not out.is_dir():
-        raise NectarGANError(f"--out {out} exists and is not a folder")
+        raise NectarGANError(f"output folder {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "compare.csv", out / "compare.md"
     table.to_csv(csv_path, index=False)

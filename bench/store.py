@@ -8,25 +8,24 @@ append, so earlier rows are never corrupted. Rows with the same key: the last on
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from nectargan.errors import NectarGANError
 
 RESULTS_FILE = "results.jsonl"
+RUNS_ROOT = Path("results/runs")  # where generated run folders go by default (git-ignored)
 Row = dict[str, Any]
 
 
-class ResultsStore(Protocol):
-    """What the sweep and the reports need from a store."""
-
-    def append(self, row: Row) -> None: ...
-    def iter_rows(self) -> Iterator[Row]: ...
-    def keys(self) -> set[str]: ...
+def new_run_dir(name: str, root: Path = RUNS_ROOT) -> Path:
+    """A fresh default run folder: ``results/runs/<name>-<YYYYmmdd-HHMMSS>``."""
+    return root / f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def _clean(value: Any) -> Any:

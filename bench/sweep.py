@@ -1,42 +1,47 @@
-"""Run a grid: one row per variant into the results store, resumable and shardable."""
+"""Run a grid: one driver for static and measured sweeps, resumable and shardable.
+
+:func:`run_sweep` selects the variants (a shard of them), prepares the run folder, skips variants
+whose rows are all in the store, and hands each remaining variant to a *plan* on one worker per
+device: :class:`StaticPlan` profiles it (one ``static`` row); the measured plan
+(:class:`bench.measure.MeasuredPlan`) adds its timed rows. Rows are appended as each variant finishes.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from bench.env import ENV_FILE, collect_env, read_env, write_json_atomic
 from bench.grid import Grid, shard
 from bench.profile import profile_static
-from bench.store import JsonlStore, Row
+from bench.store import JsonlStore, Row, new_run_dir
 from bench.variant import VariantSpec
 from nectargan.errors import NectarGANError
 
 SCHEMA_VERSION = 1
 STATIC_KIND = "static"
-# Test-only hook: seconds to sleep after each row, so a test can kill a sweep part-way.
-TEST_DELAY_ENV = "NECTARGAN_BENCH_TEST_DELAY_S"
 
 
 def static_key(spec: VariantSpec) -> str:
     return f"{STATIC_KIND}|{spec.key}"
 
 
-def static_row(spec: VariantSpec) -> Row:
-    """Profile one variant into a row; an invalid or failing variant becomes a row too."""
-    row: Row = {
-        "schema": SCHEMA_VERSION,
-        "kind": STATIC_KIND,
-        "key": static_key(spec),
-        "variant": spec.name,
-        **spec.to_dict(),
+def base_row(kind: str, key: str, spec: VariantSpec) -> Row:
+    """The columns every row of a variant starts with: schema, kind, key, the variant's fields."""
+    return {
+        "schema": SCHEMA_VERSION, "kind": kind, "key": key, "variant": spec.name, **spec.to_dict(),
         "out_channels": spec.out_channels if spec.out_channels is not None else spec.in_channels,
     }
+
+
+def static_row(spec: VariantSpec) -> Row:
+    """Profile one variant into a row; an invalid or failing variant becomes a row too."""
+    row = base_row(STATIC_KIND, static_key(spec), spec)
     reason = spec.invalid_reason()
     if reason is not None:
         return row | {"status": "invalid", "reason": reason}
@@ -55,17 +60,54 @@ def static_row(spec: VariantSpec) -> Row:
     }
 
 
+class SweepPlan(Protocol):
+    """What a sweep does with each variant."""
+
+    def devices(self) -> list[str]:
+        """One worker per device; checked before the run folder is touched."""
+        ...
+
+    def keys(self, spec: VariantSpec) -> set[str]:
+        """The keys of every row a finished variant has (resume skips the variant when all exist)."""
+        ...
+
+    def start(self, directory: Path, store: JsonlStore) -> None:
+        """Once, before the first variant (e.g. the matmul ceiling into env.json)."""
+        ...
+
+    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore) -> list[Row]:
+        """The variant's rows that are not ``done`` yet."""
+        ...
+
+
+class StaticPlan:
+    """Count parameters, FLOPs and activations: one ``static`` row per variant, no timing."""
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    def keys(self, spec: VariantSpec) -> set[str]:
+        return {static_key(spec)}
+
+    def start(self, directory: Path, store: JsonlStore) -> None:
+        return None
+
+    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore) -> list[Row]:
+        return [static_row(spec)]
+
+
 @dataclass
 class SweepResult:
     directory: Path
-    planned: int
-    skipped: int
-    counts: dict[str, int] = field(default_factory=dict)
+    planned: int  # variants selected
+    skipped: int  # variants already finished (resume)
+    counts: dict[str, int] = field(default_factory=dict)  # rows written, by status
 
 
-def default_out_dir(grid: Grid, root: Path = Path("results/runs")) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return root / f"{grid.name}-{stamp}"
+def default_out_dir(grid: Grid, shard_spec: tuple[int, int] | None = None) -> Path:
+    """``results/runs/<grid>[-shardKofN]-<timestamp>``."""
+    suffix = f"-shard{shard_spec[0]}of{shard_spec[1]}" if shard_spec else ""
+    return new_run_dir(f"{grid.name}{suffix}")
 
 
 def prepare_run_dir(
@@ -75,10 +117,10 @@ def prepare_run_dir(
     store = JsonlStore(directory)
     if store.exists() and not resume:
         raise NectarGANError(
-            f"{directory} already holds results; pass --resume to continue that run or choose another --out"
+            f"{directory} already holds results; resume that run or choose another output folder"
         )
     if directory.exists() and not directory.is_dir():
-        raise NectarGANError(f"--out {directory} exists and is not a folder")
+        raise NectarGANError(f"output folder {directory} exists and is not a folder")
     env = read_env(directory)
     now = collect_env(grid.source, grid.sha256, command)
     now["shard"] = f"{shard_spec[0]}/{shard_spec[1]}" if shard_spec else None
@@ -86,12 +128,13 @@ def prepare_run_dir(
         if env.get("grid_sha256") != grid.sha256:
             raise NectarGANError(
                 f"{directory} was started with grid {env.get('grid')} (sha256 {str(env.get('grid_sha256'))[:12]}), "
-                f"not {grid.source} (sha256 {grid.sha256[:12]}); resume with the same grid file or choose another --out"
+                f"not {grid.source} (sha256 {grid.sha256[:12]}); resume with the same grid file or choose another "
+                "output folder"
             )
         if env.get("shard") != now["shard"]:
             raise NectarGANError(
-                f"{directory} was started with --shard {env.get('shard') or '(none)'}, not "
-                f"{now['shard'] or '(none)'}; resume with the same shard or choose another --out"
+                f"{directory} was started with shard {env.get('shard') or '(none)'}, not "
+                f"{now['shard'] or '(none)'}; resume with the same shard or choose another output folder"
             )
     if env is None:
         write_json_atomic(directory / ENV_FILE, now)
@@ -112,50 +155,64 @@ def select_variants(grid: Grid, shard_spec: tuple[int, int] | None) -> list[Vari
     part = shard(variants, *shard_spec)
     if not part:
         raise NectarGANError(
-            f"--shard {shard_spec[0]}/{shard_spec[1]} is empty: the grid has only {len(variants)} variants"
+            f"shard {shard_spec[0]}/{shard_spec[1]} is empty: the grid has only {len(variants)} variants"
         )
     return part
 
 
-def run_static_sweep(
+def run_sweep(
     grid: Grid,
     directory: Path,
+    plan: SweepPlan,
     resume: bool = False,
     shard_spec: tuple[int, int] | None = None,
     on_start: Callable[[int], None] | None = None,
-    on_row: Callable[[VariantSpec, Row], None] | None = None,
+    on_variant: Callable[[VariantSpec, list[Row]], None] | None = None,
     command: str | None = None,
 ) -> SweepResult:
-    """Profile every variant of ``grid`` (or of one shard) into ``directory/results.jsonl``.
+    """Run ``plan`` on every variant of ``grid`` (or of one shard) into ``directory/results.jsonl``.
 
-    Rows already in the store are skipped when resuming, so each variant is written exactly once.
+    Variants whose rows are all in the store are skipped when resuming, and a row already there is
+    never written twice. ``on_variant`` sees each finished variant's rows (a progress bar).
     """
     variants = select_variants(grid, shard_spec)
+    devices = plan.devices()
     prepare_run_dir(directory, grid, resume, shard_spec, command)
     store = JsonlStore(directory)
     done = store.keys()
-    todo = [spec for spec in variants if static_key(spec) not in done]
+    plan.start(directory, store)
+    todo = [spec for spec in variants if not plan.keys(spec) <= done]
     result = SweepResult(directory, planned=len(variants), skipped=len(variants) - len(todo))
     if on_start:
         on_start(len(todo))
-    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
-    for spec in todo:
-        row = static_row(spec)
-        store.append(row)
-        result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
-        if on_row:
-            on_row(spec, row)
-        if delay:
-            time.sleep(delay)
+    lock = threading.Lock()
+    queue = list(todo)
+
+    def record(spec: VariantSpec, rows: list[Row]) -> None:
+        with lock:
+            for row in rows:
+                if row["key"] in done:
+                    continue
+                store.append(row)
+                done.add(row["key"])
+                result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
+            if on_variant:
+                on_variant(spec, rows)
+
+    def worker(device: str) -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                spec = queue.pop(0)
+            record(spec, plan.rows(spec, device, done, store))
+
+    if len(devices) == 1:
+        worker(devices[0])
+    else:
+        threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     return result
-
-
-def rows_of_kind(rows: list[Row], kind: str = STATIC_KIND) -> list[Row]:
-    return [r for r in rows if r.get("kind") == kind]
-
-
-def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.get("status", "?")] = counts.get(row.get("status", "?"), 0) + 1
-    return counts

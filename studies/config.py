@@ -35,13 +35,11 @@ Example (``studies/smoke.toml``)::
 
 from __future__ import annotations
 
-import hashlib
-import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.tomlfile import check_keys, number, parse_toml, read_toml, section
 from nectargan.errors import NectarGANError, did_you_mean
 
 # name -> (direction, description)
@@ -116,68 +114,28 @@ class StudyConfig:
         return len(self.objectives) > 1
 
 
-def resolve_config_path(config: str | Path) -> Path:
-    path = Path(config)
-    if path.exists() or path.suffix == ".toml" or len(path.parts) > 1:
-        return path
-    builtin = BUILTIN / f"{config}.toml"
-    if builtin.exists():
-        return builtin
-    known = sorted(p.stem for p in BUILTIN.glob("*.toml"))
-    raise StudyConfigError(
-        f"study config {str(config)!r} is neither a file nor a built-in config; built-in: {', '.join(known)}"
-        f"{did_you_mean(str(config), known)}"
-    )
-
-
 def load_study_config(config: str | Path) -> StudyConfig:
-    path = resolve_config_path(config)
-    try:
-        raw = path.read_bytes()
-        text = raw.decode("utf-8")
-    except OSError as exc:
-        raise StudyConfigError(f"study config {path} cannot be read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise StudyConfigError(f"study config {path} is not UTF-8 text") from None
-    return parse_study_config(text, source=str(path), name=path.stem, sha256=hashlib.sha256(raw).hexdigest())
+    """Read and validate a study config (a path or a built-in config name)."""
+    file = read_toml(config, BUILTIN, "study config", StudyConfigError)
+    return _config_from(file.data, source=file.source, name=file.name, sha256=file.sha256)
 
 
-def _unknown(where: str, key: str, valid: Any) -> StudyConfigError:
-    valid = list(valid)
-    return StudyConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, valid)}; valid keys: {', '.join(valid)}")
-
-
-def _table(data: dict, section: str, valid: Any, where: str) -> dict:
-    table = data.get(section, {})
-    if not isinstance(table, dict):
-        raise StudyConfigError(f"{where}: [{section}] must be a table")
-    for key in table:
-        if key not in valid:
-            raise _unknown(f"{where}: [{section}]", key, valid)
-    return table
+def _table(data: dict, name: str, valid: Any, where: str) -> dict:
+    return section(data, name, valid, where, StudyConfigError)
 
 
 def _number(where: str, value: Any, kind: type = float, minimum: float | None = None) -> Any:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    if not ok or (isinstance(value, float) and not math.isfinite(value)):
-        raise StudyConfigError(f"{where} = {value!r} must be {'an integer' if kind is int else 'a number'}")
-    if minimum is not None and value < minimum:
-        raise StudyConfigError(f"{where} = {value!r} must be >= {minimum}")
-    return value
+    return number(where, value, StudyConfigError, kind=kind, minimum=minimum)
 
 
 def parse_study_config(text: str, source: str = "<string>", name: str = "study", sha256: str = "") -> StudyConfig:
     """Parse and validate; every problem is a one-line :class:`StudyConfigError` naming the entry."""
+    return _config_from(parse_toml(text, source, "study config", StudyConfigError), source, name, sha256)
+
+
+def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> StudyConfig:
     where = source
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise StudyConfigError(f"study config {source} is not valid TOML: {exc}") from None
-    for key in data:
-        if key not in SECTIONS:
-            raise _unknown(where, key, SECTIONS)
+    check_keys(where, "", data, SECTIONS, StudyConfigError)
     study = _table(data, "study", STUDY_KEYS, where)
     data_t = _table(data, "data", DATA_KEYS, where)
     budget = _table(data, "budget", BUDGET_KEYS, where)
@@ -312,9 +270,7 @@ def _check_name(where: str, key: str, value: Any) -> None:
 
 
 def _range(where: str, key: str, table: dict) -> Range:
-    for k in table:
-        if k not in ("low", "high", "log", "step"):
-            raise _unknown(where, k, ("low", "high", "log", "step"))
+    check_keys(where, "", table, ("low", "high", "log", "step"), StudyConfigError)
     if FIXED_PARAMS[key] is str:
         raise StudyConfigError(f"{where} is a name, not a number: give a list of choices")
     if "low" not in table or "high" not in table:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import time
 import uuid
 from pathlib import Path
@@ -26,8 +25,6 @@ from bench.variant import VariantSpec
 from nectargan.train import NonFiniteLossError, TrainConfig, fit
 from studies.config import CONSTRAINTS, Range, StudyConfig
 
-# Test-only hook: "oom" makes every trial raise torch.OutOfMemoryError before training.
-TEST_FAULT_ENV = "NECTARGAN_BENCH_TEST_FAULT"
 STATIC_CONSTRAINTS = ("max_params", "max_gflops")
 NUMERIC_ATTRS = ("params", "gflops", "train_img_per_s", "peak_mem_mib", "val_l1", "val_psnr", "val_ssim",
                  "train_seconds")
@@ -71,6 +68,18 @@ def _record_constraints(trial: optuna.Trial, config: StudyConfig, keys: tuple[st
     for key, value in values.items():
         trial.set_constraint(key, value)
     return values
+
+
+def trial_train_config(config: StudyConfig, params: dict[str, Any], spec: VariantSpec, number: int,
+                       out: Path) -> TrainConfig:
+    """The trainer's settings for one trial: only what the study sets; the rest are TrainConfig's defaults."""
+    settings = config.fixed | params
+    chosen = {k: v for k, v in settings.items() if k in TrainConfig.field_names()}
+    return TrainConfig(
+        data=config.data_path, out=str(out), generator=spec.model_kwargs(), steps=config.steps,
+        seconds=config.seconds, eval_every=config.eval_every, log_every=max(1, min(20, config.eval_every)),
+        seed=config.seed + number, save_checkpoints=False, **chosen,
+    )
 
 
 class _Reporter:
@@ -121,24 +130,10 @@ def run_trial(trial: optuna.Trial, config: StudyConfig, out_root: Path,
     if over:
         return _prune(trial, "constraint: " + ", ".join(over))
 
-    settings = config.fixed | params
-    generator = spec.model_kwargs()
-    train_config = TrainConfig(
-        data=config.data_path, out=str(out_root / f"trial-{trial.number:04d}-{uuid.uuid4().hex[:8]}"),
-        generator=generator,
-        batch_size=int(settings.get("batch_size", 1)), steps=config.steps, seconds=config.seconds,
-        lr=float(settings.get("lr", 2e-4)), beta1=float(settings.get("beta1", 0.5)),
-        lambda_l1=float(settings.get("lambda_l1", 100.0)), d_layers=int(settings.get("d_layers", 3)),
-        d_features=int(settings.get("d_features", 64)), direction=settings.get("direction", "AtoB"),
-        eval_every=config.eval_every, log_every=max(1, min(20, config.eval_every)),
-        seed=config.seed + trial.number, device=settings.get("device", "auto"),
-        precision=settings.get("precision", "auto"), compile=settings.get("compile"),
-        channels_last=settings.get("channels_last"), save_checkpoints=False, sample_count=4,
-    )
+    train_config = trial_train_config(config, params, spec, trial.number,
+                                      out_root / f"trial-{trial.number:04d}-{uuid.uuid4().hex[:8]}")
     started = time.perf_counter()
     try:
-        if os.environ.get(TEST_FAULT_ENV) == "oom":
-            raise torch.OutOfMemoryError("injected out-of-memory (test hook)")
         summary = fit(train_config, callbacks=[_Reporter(trial, config, started)])
     except torch.OutOfMemoryError:
         _free_memory()

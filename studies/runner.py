@@ -24,6 +24,7 @@ from studies.objective import run_trial
 from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S, artifact_store, open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+STUDIES_ROOT = Path("results/studies")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
@@ -48,7 +49,7 @@ class StudyRun:
         return self.study_name or config.name
 
     def out(self, config: StudyConfig) -> Path:
-        return Path(self.out_root) if self.out_root else Path("results/studies") / self.name(config)
+        return Path(self.out_root) if self.out_root else STUDIES_ROOT / self.name(config)
 
 
 def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -96,7 +97,7 @@ def open_study(run: StudyRun, config: StudyConfig, seed: int) -> optuna.Study:
     if existing is not None and [d.name.lower() for d in existing.directions] != config.directions:
         raise NectarGANError(
             f"study {name!r} in {run.storage} optimises {[d.name.lower() for d in existing.directions]}, "
-            f"not {config.directions} ({', '.join(config.objectives)}); choose another --study-name"
+            f"not {config.directions} ({', '.join(config.objectives)}); choose another study name"
         )
     study = optuna.create_study(
         storage=storage, study_name=name, directions=config.directions, sampler=make_sampler(config, seed),
@@ -113,9 +114,7 @@ def _check_fixed_settings(config: StudyConfig) -> None:
     """Device and precision problems are config errors, not one failed trial after another."""
     from nectargan.train.config import TrainConfig, resolve
 
-    fixed = config.fixed
-    resolve(TrainConfig(data=config.data_path, steps=1, device=fixed.get("device", "auto"),
-                        precision=fixed.get("precision", "auto")))
+    resolve(TrainConfig(**{k: v for k, v in config.fixed.items() if k in ("device", "precision")}))
 
 
 def _split(total: int | None, workers: int) -> list[int | None]:
@@ -156,14 +155,14 @@ def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | Non
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = run.config()
     if run.workers < 1:
-        raise NectarGANError(f"--workers {run.workers} is not valid: use 1 or more")
+        raise NectarGANError(f"workers={run.workers} is not valid: use 1 or more")
     n_trials = run.n_trials if run.n_trials is not None else (None if run.timeout_s else config.n_trials)
     if n_trials is not None and n_trials < 1:
-        raise NectarGANError(f"--n-trials {n_trials} is not valid: use 1 or more")
+        raise NectarGANError(f"n_trials={n_trials} is not valid: use 1 or more")
     if run.heartbeat_s < 1:
-        raise NectarGANError(f"--heartbeat {run.heartbeat_s} is not valid: use 1 second or more")
+        raise NectarGANError(f"heartbeat={run.heartbeat_s} is not valid: use 1 second or more")
     if run.timeout_s is not None and run.timeout_s <= 0:
-        raise NectarGANError(f"--timeout {run.timeout_s:g} is not valid: use a positive number of seconds")
+        raise NectarGANError(f"timeout={run.timeout_s:g} is not valid: use a positive number of seconds")
     _check_fixed_settings(config)
     ensure_data(config)
     study = open_study(run, config, config.seed)  # create it once, before the workers race to

@@ -56,7 +56,7 @@ def open_storage(
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     elif not url.startswith(("postgresql", "mysql", "sqlite")):
         raise StorageError(
-            f"--storage {url!r} is not valid: use sqlite:///FILE.db, journal:FILE.log or postgresql://USER@HOST/DB"
+            f"storage {url!r} is not valid: use sqlite:///FILE.db, journal:FILE.log or postgresql://USER@HOST/DB"
         )
     try:
         return RDBStorage(
@@ -68,7 +68,7 @@ def open_storage(
         )
     except Exception as exc:  # sqlalchemy raises many types for an unreachable or bad database
         message = " ".join(str(exc).split())[:300]
-        raise StorageError(f"--storage {url!r} cannot be opened: {type(exc).__name__}: {message}") from None
+        raise StorageError(f"storage {url!r} cannot be opened: {type(exc).__name__}: {message}") from None
 
 
 def artifact_dir(url: str) -> Path:

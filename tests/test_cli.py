@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bench.cli import main
+from cli import main
 from nectargan import __version__
 
 
@@ -46,7 +46,7 @@ def test_default_profile_total(capsys):
         (["profile", "--block-type", "Foo"], 1, "known blocks are 'UnetBlock', 'ResidualUnetBlock'"),
         (["profile", "--upconv-type", "bilinear"], 2, "Bilinear"),
         (["sweep", "nosuchgrid", "--static-only"], 1, "built-in grids: default, smoke"),
-        (["sweep", "smoke", "--static-only", "--shard", "3/2"], 1, "--shard '3/2' is not valid"),
+        (["sweep", "smoke", "--static-only", "--shard", "3/2"], 1, "shard '3/2' is not valid"),
     ],
 )
 def test_bad_input_is_one_line(capsys, args, code, pattern):
@@ -58,7 +58,7 @@ def test_bad_input_is_one_line(capsys, args, code, pattern):
 
 def test_console_script_exit_code_and_no_traceback():
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "profile", "--features", "0"], capture_output=True, text=True
+        [sys.executable, "-m", "cli", "profile", "--features", "0"], capture_output=True, text=True
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "features=0" in proc.stderr

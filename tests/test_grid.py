@@ -101,5 +101,5 @@ def test_shards_are_disjoint_and_cover_the_grid():
 
 @pytest.mark.parametrize("text", ["0/2", "3/2", "1-2", "a/b", "1/0"])
 def test_bad_shard(text):
-    with pytest.raises(GridError, match="--shard"):
+    with pytest.raises(GridError, match=f"shard {text!r} is not valid"):
         parse_shard(text)

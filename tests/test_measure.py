@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.child import FAULT_ENV
-from bench.cli import main
 from bench.grid import parse_grid
 from bench.measure import measure_options
+from cli import main
 from nectargan.errors import NectarGANError
 
 TINY = """
@@ -69,8 +68,8 @@ def test_measured_sweep_rows_are_sane(tmp_path):
     assert (out / "throughput_vs_gflops.png").exists()
 
 
-def test_out_of_memory_in_the_child_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setenv(FAULT_ENV, "oom:ResidualUnetBlock")
+def test_out_of_memory_in_the_child_is_a_row_and_the_sweep_goes_on(tmp_path, fault_child):
+    fault_child({"oom": "ResidualUnetBlock"})
     code, out = _sweep(tmp_path, TINY.replace('precision = ["fp32", "fp16"]', 'precision = ["fp32"]'))
     assert code == 0
     measured = [r for r in _rows(out) if r["kind"] == "measure"]
@@ -80,8 +79,8 @@ def test_out_of_memory_in_the_child_is_a_row_and_the_sweep_goes_on(tmp_path, mon
     assert all("injected out-of-memory" in r["reason"] for r in measured if r["status"] == "oom")
 
 
-def test_a_hanging_and_a_crashing_child_are_recorded(tmp_path, monkeypatch):
-    monkeypatch.setenv(FAULT_ENV, "crash:-f4-,hang:-f6-")
+def test_a_hanging_and_a_crashing_child_are_recorded(tmp_path, fault_child):
+    fault_child({"crash": "-f4-", "hang": "-f6-"})
     text = """
 [grid]
 n_downs = [3]
@@ -92,11 +91,11 @@ batch_size = [2]
 task = ["infer"]
 mode = ["eager"]
 """
-    code, out = _sweep(tmp_path, text, "--timeout", "40")
+    code, out = _sweep(tmp_path, text, "--timeout", "20")
     assert code == 1  # failed rows make the sweep exit non-zero, after finishing the others
     measured = {r["features"]: r for r in _rows(out) if r["kind"] == "measure"}
     assert measured[4]["status"] == "error" and "exited with code 3" in measured[4]["reason"]
-    assert measured[6]["status"] == "timeout" and "no answer within 40 s" in measured[6]["reason"]
+    assert measured[6]["status"] == "timeout" and "no answer within 20 s" in measured[6]["reason"]
     assert measured[8]["status"] == "ok"
 
 
@@ -129,8 +128,8 @@ def test_cuda_without_cuda_is_one_line(tmp_path, capsys):
     code, out = _sweep(tmp_path, TINY, "--device", "cuda")
     assert code == 1 and not out.exists()
     err = capsys.readouterr().err.strip()
-    assert err == (f"Error: --device cuda: CUDA is not available on this machine (torch {torch.__version__}); "
-                   "use --device cpu")
+    assert err == (f"Error: device='cuda': CUDA is not available on this machine (torch {torch.__version__}); "
+                   "use device 'cpu'")
 
 
 def test_measure_options_validate_and_default_by_device():
@@ -151,10 +150,8 @@ def test_inline_launcher(tmp_path):
     assert sum(1 for r in _rows(out) if r["kind"] == "measure" and r["status"] == "ok") == 4
 
 
-def test_max_batch_search_halves_until_it_fits(tmp_path, monkeypatch):
-    from bench.workload import OOM_ABOVE_ENV
-
-    monkeypatch.setenv(OOM_ABOVE_ENV, "5")
+def test_max_batch_search_halves_until_it_fits(tmp_path, fault_child):
+    fault_child({"oom_above_batch": 5})
     text = """
 [grid]
 n_downs = [3]

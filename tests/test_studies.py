@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from studies.config import StudyConfigError, parse_study_config
-from studies.objective import TEST_FAULT_ENV, constraint_values
+from studies.objective import constraint_values
 from studies.report import write_study_report
 from studies.runner import StudyRun, run_study
 from studies.storage import open_storage
@@ -112,7 +112,14 @@ def test_constraint_values_follow_optuna_convention():
 
 
 def test_out_of_memory_prunes_with_reason_oom(tmp_path, sample_dataset, monkeypatch):
-    monkeypatch.setenv(TEST_FAULT_ENV, "oom")
+    import torch
+
+    import studies.objective
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("injected out-of-memory (test fault)")
+
+    monkeypatch.setattr(studies.objective, "fit", out_of_memory)
     storage = f"sqlite:///{tmp_path}/o.db"
     run_study(StudyRun(config_path=_config(tmp_path, sample_dataset, name="o"), storage=storage, n_trials=2,
                        out_root=str(tmp_path / "out")))
@@ -166,7 +173,7 @@ def test_two_workers_on_postgresql(tmp_path, sample_dataset):
 
 def _kill_mid_trial_and_retry(storage: str, tmp_path: Path, data: Path, name: str) -> None:
     config = _config(tmp_path, data, name=name, budget="seconds = 6\nsteps = 100000\neval_every = 100000")
-    cmd = [sys.executable, "-m", "bench", "study", config, "--storage", storage, "--study-name", name,
+    cmd = [sys.executable, "-m", "cli", "study", config, "--storage", storage, "--study-name", name,
            "--n-trials", "1", "--heartbeat", "1", "--quiet", "--out", str(tmp_path / "out-killed")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -219,7 +226,7 @@ def test_dashboard_serves_the_study(tmp_path):
     study = optuna.create_study(study_name="dash", storage=storage)
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "dashboard", storage, "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "dashboard", storage, "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
     try:
         deadline = time.monotonic() + 60
@@ -280,7 +287,7 @@ def test_builtin_configs_parse():
 
 
 def test_bad_config_from_the_command_line(tmp_path, capsys):
-    from bench.cli import main
+    from cli import main
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[space]\nn_down = [3]\n")
@@ -288,7 +295,7 @@ def test_bad_config_from_the_command_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error: ") and "did you mean 'n_downs'" in err and err.count("\n") == 0
     assert main(["study", "smoke", "--storage", "redis://nowhere"]) == 1
-    assert "--storage 'redis://nowhere' is not valid" in capsys.readouterr().err
+    assert "storage 'redis://nowhere' is not valid" in capsys.readouterr().err
 
 
 def test_fixed_device_that_is_not_there_is_a_config_error(tmp_path, sample_dataset):

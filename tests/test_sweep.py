@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,10 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.cli import main
 from bench.grid import load_grid
 from bench.report import STATIC_COLUMNS, compare_frames
-from bench.sweep import TEST_DELAY_ENV
+from cli import main
 
 REQUIRED_COLUMNS = [
     "variant", "n_downs", "features", "block_type", "upconv_type", "input_size", "in_channels",
@@ -106,7 +104,7 @@ def test_existing_results_need_resume_and_are_kept(tmp_path, capsys):
     assert main(["sweep", str(grid), "--static-only", "--out", str(out), "-q"]) == 0
     before = (out / "results.jsonl").read_bytes()
     assert main(["sweep", str(grid), "--static-only", "--out", str(out), "-q"]) == 1
-    assert "already holds results; pass --resume" in capsys.readouterr().err
+    assert "already holds results; resume that run" in capsys.readouterr().err
     assert (out / "results.jsonl").read_bytes() == before
     assert main(["sweep", str(grid), "--static-only", "--out", str(out), "-q", "--resume"]) == 0
     assert (out / "results.jsonl").read_bytes() == before  # nothing left to do, nothing duplicated
@@ -123,9 +121,13 @@ def test_bad_grid_from_the_command_line(tmp_path, capsys):
 
 def test_sigkill_then_resume_gives_every_row_once(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "bench", "sweep", "smoke", "--static-only", "--out", str(out), "--quiet"]
-    env = dict(os.environ, **{TEST_DELAY_ENV: "0.4"})
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [sys.executable, "-m", "cli", "sweep", "smoke", "--static-only", "--out", str(out), "--quiet"]
+    slow = (  # the same command, each row 0.4 s slower, so the kill lands part-way
+        "import sys, time, bench.sweep as s; profile = s.static_row; "
+        "s.static_row = lambda spec: (time.sleep(0.4), profile(spec))[1]; "
+        "from cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", slow, *cmd[3:]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -209,7 +211,7 @@ def test_resume_refuses_another_grid_or_shard(tmp_path, capsys):
     assert main(["sweep", "smoke", "--static-only", "--out", str(out), "-q", "--resume"]) == 1
     assert "was started with grid" in capsys.readouterr().err
     assert main(["sweep", str(grid), "--static-only", "--out", str(out), "-q", "--resume", "--shard", "2/2"]) == 1
-    assert "was started with --shard 1/2, not 2/2" in capsys.readouterr().err
+    assert "was started with shard 1/2, not 2/2" in capsys.readouterr().err
     assert (out / "results.jsonl").read_bytes() == before
 
 
@@ -218,7 +220,7 @@ def test_empty_grid_or_shard_is_an_error(tmp_path, capsys):
     assert main(["sweep", str(empty), "--static-only", "--out", str(tmp_path / "a"), "-q"]) == 1
     assert "has no variants" in capsys.readouterr().err
     assert main(["sweep", "smoke", "--static-only", "--out", str(tmp_path / "b"), "-q", "--shard", "50/100"]) == 1
-    assert "--shard 50/100 is empty: the grid has only 16 variants" in capsys.readouterr().err
+    assert "shard 50/100 is empty: the grid has only 16 variants" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -1,0 +1,177 @@
+"""Typed records between the sweep (parent) and its measuring child, and the measured row they become.
+
+The parent sends one *job* (:class:`CeilingJob`, :class:`MeasureJob` or :class:`CompileJob`) and the
+child answers with one :class:`Envelope`: a status, the raw measurements (block times, first-call
+time, memory in bytes, dynamo counts, output error) and an error text. Both travel as JSON with a
+``kind`` tag. Derived figures (median, img/s, TFLOP/s, % of peak, noisy, error flag) are computed in
+one place, :func:`measured_figures`, from the raw ones; the results store keeps flat JSON rows.
+
+This module does not import torch, so the parent can plan and record without it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from bench.timing import Measurement
+
+TASKS: tuple[str, ...] = ("infer", "train")
+MODES: tuple[str, ...] = ("eager", "compile", "compile-reduce-overhead", "compile-max-autotune")
+LAYOUTS: tuple[str, ...] = ("nchw", "channels_last")
+# torch.compile's ``mode`` argument for each of our modes (eager is not compiled).
+COMPILE_MODES: dict[str, str | None] = {
+    "compile": None, "compile-reduce-overhead": "reduce-overhead", "compile-max-autotune": "max-autotune",
+}
+# Largest relative error of the output against eager fp32 that is expected for a precision.
+TOLERANCE: dict[str, float] = {"fp32": 1e-3, "tf32": 2e-2, "bf16": 1e-1, "fp16": 2e-2}
+MIB = 2**20
+
+Status = Literal["ok", "oom", "error", "timeout"]
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """What is measured of a variant: task, mode, precision, memory layout and batch size."""
+
+    task: str
+    mode: str
+    precision: str
+    layout: str
+    batch_size: int
+
+    @property
+    def group(self) -> tuple[str, str, str, int]:
+        """Configs that differ only in mode share a group: built alike and timed interleaved."""
+        return (self.task, self.precision, self.layout, self.batch_size)
+
+    @property
+    def compiled(self) -> bool:
+        return self.mode != "eager"
+
+
+@dataclass(frozen=True)
+class CeilingJob:
+    """Measure the matmul ceiling (TFLOP/s) of each precision on a device."""
+
+    device: str
+    precisions: list[str]
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class MeasureJob:
+    """Measure every config of one variant: warm-up, output error, interleaved timing, memory."""
+
+    device: str
+    variant: dict[str, Any]
+    configs: list[MeasureConfig]
+    blocks: int = 5
+    min_block_s: float = 0.2
+    threads: int | None = None
+    max_batch: int | None = None
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    """Only the first call of each compiled config: the warm compile time, with a filled cache."""
+
+    device: str
+    variant: dict[str, Any]
+    configs: list[MeasureConfig]
+    threads: int | None = None
+
+
+Job = CeilingJob | MeasureJob | CompileJob
+_JOB_KINDS: dict[str, type] = {"ceiling": CeilingJob, "measure": MeasureJob, "compile": CompileJob}
+
+
+def job_to_json(job: Job) -> str:
+    kind = next(k for k, t in _JOB_KINDS.items() if isinstance(job, t))
+    return json.dumps({"kind": kind, **asdict(job)})
+
+
+def job_from_json(text: str) -> Job:
+    data = json.loads(text)
+    cls = _JOB_KINDS[data.pop("kind")]
+    if "configs" in data:
+        data["configs"] = [MeasureConfig(**c) for c in data["configs"]]
+    return cls(**data)
+
+
+@dataclass
+class RawMeasurement:
+    """What the child measured of one config, in SI units; nothing derived."""
+
+    config: MeasureConfig
+    block_s: list[float] = field(default_factory=list)
+    calls_per_block: int = 1
+    first_call_s: float | None = None  # the cold compile for a compiled mode
+    graph_breaks: int | None = None
+    recompiles: int | None = None  # frames compiled during the timed blocks
+    max_rel_err: float | None = None
+    peak_mem_bytes: int | None = None
+    peak_reserved_bytes: int | None = None
+    max_batch: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RawMeasurement:
+        return cls(**(data | {"config": MeasureConfig(**data["config"])}))
+
+
+@dataclass
+class Envelope:
+    """The child's answer. A child that crashed or hung gets one from the launcher instead."""
+
+    status: Status
+    measurements: list[RawMeasurement] = field(default_factory=list)
+    error: str = ""
+    ceilings: dict[str, float] = field(default_factory=dict)
+    threads: int | None = None
+    traceback: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Envelope:
+        data = json.loads(text)
+        data["measurements"] = [RawMeasurement.from_dict(m) for m in data.get("measurements", [])]
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    @classmethod
+    def failure(cls, status: Status, error: str) -> Envelope:
+        return cls(status=status, error=" ".join(error.split()))
+
+    def measurement(self, config: MeasureConfig) -> RawMeasurement | None:
+        return next((m for m in self.measurements if m.config == config), None)
+
+
+def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: float | None) -> dict[str, Any]:
+    """The derived columns of a measured row: the one place they are computed.
+
+    Timing statistics come from :class:`bench.timing.Measurement` (median and IQR over blocks), TFLOP/s
+    from the static FLOPs per image, % of peak against the run's matmul ceiling for the precision.
+    """
+    cfg = raw.config
+    timing = Measurement(block_s=list(raw.block_s), calls_per_block=raw.calls_per_block)
+    median = timing.median_s
+    tflops = flops_per_image * cfg.batch_size / median / 1e12
+    figures: dict[str, Any] = {
+        "median_ms": median * 1e3, "iqr_ms": timing.iqr_s * 1e3, "min_ms": timing.min_s * 1e3,
+        "img_per_s": cfg.batch_size / median, "tflops": tflops,
+        "pct_of_peak": 100 * tflops / ceiling_tflops if ceiling_tflops else None, "noisy": timing.noisy,
+        "blocks": len(raw.block_s), "calls_per_block": raw.calls_per_block, "measure_s": timing.total_s,
+        "block_s": list(raw.block_s),
+        "peak_mem_mib": raw.peak_mem_bytes / MIB if raw.peak_mem_bytes is not None else None,
+        "peak_reserved_mib": raw.peak_reserved_bytes / MIB if raw.peak_reserved_bytes is not None else None,
+        "recompiles": raw.recompiles if cfg.compiled else 0,
+    }
+    if cfg.compiled:
+        figures |= {"compile_s": raw.first_call_s, "graph_breaks": raw.graph_breaks}
+    if raw.max_rel_err is not None:
+        figures |= {"max_rel_err": raw.max_rel_err, "err_flag": raw.max_rel_err > TOLERANCE[cfg.precision]}
+    if raw.max_batch is not None:
+        figures["max_batch"] = raw.max_batch
+    return figures

@@ -1,0 +1,93 @@
+"""Commands of the search: ``study``, ``study-report`` and ``dashboard``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.options import Quiet
+from cli.progress import ProgressBar, stderr
+from nectargan.errors import NectarGANError
+from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S
+
+
+def study(
+    config: Annotated[str, typer.Argument(help="Study TOML file, or a built-in config name (default, smoke).")],
+    storage: Annotated[str, typer.Option(help="sqlite:///FILE.db, journal:FILE.log or postgresql://...")] = (
+        DEFAULT_STORAGE
+    ),
+    study_name: Annotated[str | None, typer.Option(help="Study name (default: the config's study.name).")] = None,
+    n_trials: Annotated[int | None, typer.Option(help="Trials to add (default: the config's study.n_trials).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after S seconds.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes sharing the storage.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Trial folders (default: results/studies/<name>).")] = None,
+    heartbeat: Annotated[int, typer.Option(min=1, help="Heartbeat interval in seconds (RDB storages).")] = (
+        HEARTBEAT_S
+    ),
+    quiet: Quiet = False,
+) -> None:
+    """Run (or resume) an Optuna study of short training trials; several workers share the storage.
+
+    Example: nectargan-bench study studies/smoke.toml --storage sqlite:///results/studies.db --workers 2
+    """
+    from studies.runner import StudyRun, run_study
+
+    run = StudyRun(config_path=config, storage=storage, study_name=study_name, n_trials=n_trials,
+                   timeout_s=timeout, workers=workers, out_root=str(out) if out else None, heartbeat_s=heartbeat)
+    bar = ProgressBar("trials", quiet=quiet)
+
+    def on_progress(state: dict) -> None:
+        bar.start(state["total"])
+        bar.update(completed=state["finished"], status=f"best {state['best']}")
+
+    try:
+        summary = run_study(run, on_progress=on_progress)
+    finally:
+        bar.stop()
+    states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items()) or "none"
+    stderr.print(f"Study {summary['study']!r}: added {summary['added']} trials ({states}); "
+                 f"{summary['total_trials']} in all; best {summary['best']}. Storage {summary['storage']}. "
+                 f"Watch it: nectargan-bench dashboard {summary['storage']}", highlight=False, soft_wrap=True)
+
+
+def study_report(
+    storage: Annotated[str, typer.Argument(help="The study's storage URL.")],
+    study_name: Annotated[str, typer.Option("--study", help="Study name.")],
+    out: Annotated[Path, typer.Option(help="Folder for trials.csv, report.md and plots.")],
+) -> None:
+    """Write trials.csv, report.md (best trials or Pareto front, importances, pruned/failed) and plots.
+
+    Example: nectargan-bench study-report sqlite:///results/studies.db --study smoke --out results/study-smoke
+    """
+    from studies.report import write_study_report
+
+    written = write_study_report(storage, study_name, out)
+    stderr.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+
+
+def dashboard(
+    storage: Annotated[str, typer.Argument(help="Storage URL.")] = DEFAULT_STORAGE,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    artifacts: Annotated[Path | None, typer.Option(help="Artifact folder (default: beside the storage).")] = None,
+) -> None:
+    """Serve optuna-dashboard on a study storage, with the trials' sample images.
+
+    Example: nectargan-bench dashboard sqlite:///results/studies.db --port 8080
+    """
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise NectarGANError("optuna-dashboard is not installed: pip install optuna-dashboard") from None
+    from studies.storage import artifact_store, open_storage
+
+    opened = open_storage(storage)
+    store = artifact_store(storage, artifacts)
+    stderr.print(f"optuna-dashboard on {storage}: http://{host}:{port}/ (Ctrl-C to stop)",
+                 highlight=False, soft_wrap=True)
+    optuna_dashboard.run_server(opened, host=host, port=port, artifact_store=store)
+
+
+COMMANDS = {"study": study, "study-report": study_report, "dashboard": dashboard}

@@ -1,0 +1,229 @@
+"""Commands of the measuring harness: ``profile``, ``sweep``, ``report`` and ``compare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.options import (
+    DEFAULT,
+    DEFAULT_UPCONV,
+    INVOCATION,
+    BlockType,
+    DropoutLayers,
+    Features,
+    InChannels,
+    InputSize,
+    NDowns,
+    OutChannels,
+    Quiet,
+    Upconv,
+    variant,
+)
+from cli.progress import ProgressBar, stderr
+from nectargan.errors import NectarGANError
+
+stdout = Console()
+
+
+def profile(
+    n_downs: NDowns = DEFAULT.n_downs,
+    features: Features = DEFAULT.features,
+    block_type: BlockType = DEFAULT.block_type,
+    upconv_type: Upconv = DEFAULT_UPCONV,
+    input_size: InputSize = DEFAULT.input_size,
+    in_channels: InChannels = DEFAULT.in_channels,
+    out_channels: OutChannels = None,
+    use_dropout_layers: DropoutLayers = DEFAULT.use_dropout_layers,
+    depth: Annotated[int, typer.Option(min=1, max=4, help="Module depth of the table (1: layers).")] = 1,
+) -> None:
+    """Profile one variant: a per-module table of parameters and multiply-adds, then the totals.
+
+    Example: nectargan-bench profile --n-downs 6 --features 64 --block-type UnetBlock --input-size 256
+    """
+    from bench.profile import module_table, profile_static
+
+    spec = variant(n_downs, features, block_type, upconv_type, input_size, in_channels, out_channels,
+                   use_dropout_layers)
+    rows, counts = module_table(spec, max_depth=depth)
+    table = Table(title=f"UnetGenerator {spec.name} (per image)", title_justify="left")
+    width = max(len(r.name) + 2 * (r.depth - 1) for r in rows)
+    table.add_column("module", no_wrap=True, min_width=width)
+    for column in ["output shape", "params", "MACs (fvcore)", "% MACs"]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        shape = "x".join(map(str, row.output_shape)) if row.output_shape else ""
+        share = f"{100 * row.macs / counts.total:.1f}" if counts.total else ""
+        table.add_row("  " * (row.depth - 1) + row.name, shape, f"{row.params:,}", f"{row.macs:,}", share)
+    stats = profile_static(spec, fv=counts)
+    table.add_section()
+    table.add_row("total", "", f"{stats.params:,}", f"{stats.macs:,}", "100.0")
+    stdout.print(table)
+    totals = Table(show_header=False, box=None, pad_edge=False)
+    totals.add_column(style="bold")
+    totals.add_column(justify="right")
+    for label, value in [
+        ("parameters", f"{stats.params:,} ({stats.param_mib:,.1f} MiB fp32)"),
+        ("MACs, fvcore total", f"{stats.macs:,}"),
+        ("FLOPs forward (flop_counter)", f"{stats.flops_fwd:,}"),
+        ("FLOPs forward + backward", f"{stats.flops_train:,}"),
+        ("conv MACs: closed form", f"{stats.conv_macs_analytic:,}" if stats.conv_macs_analytic else "n/a"),
+        ("conv MACs: fvcore", f"{stats.conv_macs_fvcore:,}"),
+        ("conv MACs: flop_counter / 2", f"{stats.conv_flops_counter // 2:,}"),
+        ("activations (fvcore)", f"{stats.activations:,}"),
+        ("conv counts agree", "yes" if stats.counts_agree else "NO: " + "; ".join(stats.warnings)),
+    ]:
+        totals.add_row(label, value)
+    stdout.print(totals)
+
+
+def sweep(
+    grid: Annotated[str, typer.Argument(help="Grid TOML file, or a built-in grid name (default, smoke).")],
+    static_only: Annotated[
+        bool, typer.Option("--static-only", help="Count parameters, FLOPs and activations; no timing.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default: results/runs/<grid>-<timestamp>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished rows.")] = False,
+    shard: Annotated[
+        str | None, typer.Option(help="Run only part K of N of the grid, as K/N (e.g. 1/2).")
+    ] = None,
+    quiet: Quiet = False,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:N or cuda:all (default: the grid's, else cpu).")
+    ] = None,
+    task: Annotated[list[str] | None, typer.Option(help="infer and/or train (repeat the option).")] = None,
+    mode: Annotated[
+        list[str] | None, typer.Option(help="eager, compile, compile-reduce-overhead, compile-max-autotune.")
+    ] = None,
+    precision: Annotated[list[str] | None, typer.Option(help="fp32, tf32, bf16, fp16.")] = None,
+    layout: Annotated[list[str] | None, typer.Option(help="nchw, channels_last.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads in the measuring child.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per variant before its child is killed.")] = None,
+    blocks: Annotated[int | None, typer.Option(help="Timed blocks per measurement (default 5).")] = None,
+    min_block_s: Annotated[float | None, typer.Option(help="Minimum seconds per timed block (default 0.2).")] = None,
+    launcher: Annotated[str | None, typer.Option(help="subprocess (isolated, default) or inline (debugging).")] = (
+        None
+    ),
+    max_batch: Annotated[
+        int | None, typer.Option(help="Also find the largest batch that fits, halving from N (column max_batch).")
+    ] = None,
+) -> None:
+    """Profile every variant of a grid into a run folder, then write its reports.
+
+    Without --static-only each valid variant is also measured (throughput, latency, memory, compile
+    cost) in its own child process, with the grid's [measure] options overridden by these flags.
+
+    Example: nectargan-bench sweep bench/grids/default.toml --static-only --out results/runs/default
+    """
+    from bench.env import read_env
+    from bench.grid import load_grid, parse_shard
+    from bench.report import write_reports
+    from bench.store import JsonlStore
+    from bench.sweep import StaticPlan, SweepPlan, default_out_dir, run_sweep
+
+    loaded = load_grid(grid)
+    shard_spec = parse_shard(shard) if shard else None
+    plan: SweepPlan = StaticPlan()
+    if not static_only:
+        from bench.measure import MeasuredPlan, measure_options
+
+        options = measure_options(loaded, device, task=task, mode=mode, precision=precision, layout=layout,
+                                  threads=threads, timeout_s=timeout, blocks=blocks, min_block_s=min_block_s,
+                                  launcher=launcher, max_batch=max_batch)
+        plan = MeasuredPlan(options)
+        plan.devices()  # fail before anything is written
+    if resume and out is None:
+        raise NectarGANError("--resume needs --out: the run folder to continue")
+    directory = out if out is not None else default_out_dir(loaded, shard_spec)
+    bar = ProgressBar("profiling" if static_only else "measuring", quiet=quiet)
+    try:
+        result = run_sweep(
+            loaded, directory, plan, resume=resume, shard_spec=shard_spec, command=INVOCATION.command,
+            on_start=lambda total: bar.start(total) if total else None,
+            on_variant=lambda spec, rows: bar.update(advance=1, status=f"{spec.name} [{_worst(rows)}]"),
+        )
+    except KeyboardInterrupt:
+        bar.stop()
+        stderr.print(f"Interrupted. Finished rows are kept in {directory}/results.jsonl; continue with "
+                     f"--out {directory} --resume", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    bar.stop()
+    rows = list(JsonlStore(directory).iter_rows())
+    env = read_env(directory)
+    written = write_reports(directory, rows, [env] if env else [], title=loaded.name)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items())) or "nothing new"
+    skipped = f", {result.skipped} already done" if result.skipped else ""
+    unit = "variants" if static_only else "variants; rows"
+    stderr.print(f"{result.planned} {unit}: {counts}{skipped}. Wrote {directory}/results.jsonl, "
+                 + ", ".join(p.name for p in written), highlight=False, soft_wrap=True)
+    _print_unsupported(rows)
+    failed = [r for r in rows if r.get("status") in ("error", "timeout")]
+    if failed:
+        stderr.print(f"Error: {len(failed)} row(s) failed (status error or timeout); see the reason "
+                     f"column of {directory}/results.csv", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _worst(rows: list[dict]) -> str:
+    return next((r["status"] for r in rows if r["status"] != "ok"), "ok")
+
+
+def _print_unsupported(rows: list[dict]) -> None:
+    from bench.profile import summarise_unsupported
+
+    seen = summarise_unsupported([r.get("fvcore_unsupported") or {} for r in rows if r.get("status") == "ok"])
+    if seen:
+        ops = ", ".join(f"{op} ({n})" for op, n in sorted(seen.items()))
+        stderr.print(f"fvcore skipped these operators in its MACs (variants affected): {ops}",
+                     highlight=False, soft_wrap=True)
+
+
+def _existing_folders(*dirs: Path) -> None:
+    for directory in dirs:
+        if not directory.is_dir():
+            raise NectarGANError(f"run folder {directory} does not exist")
+
+
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="Run folders; several are merged (e.g. shards).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write (default: the folder itself; for several, merged-<time>).")
+    ] = None,
+) -> None:
+    """Regenerate results.csv, report.md and plots from run folders.
+
+    Example: nectargan-bench report results/runs/shard1 results/runs/shard2 --out results/runs/merged
+    """
+    from bench.report import report_dirs
+
+    _existing_folders(*dirs)
+    _target, written = report_dirs(dirs, out)
+    stderr.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+
+
+def compare(
+    dir_a: Annotated[Path, typer.Argument(help="Run folder A (the baseline).")],
+    dir_b: Annotated[Path, typer.Argument(help="Run folder B.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write compare.csv/.md (default: results/runs/compare-A-vs-B).")
+    ] = None,
+) -> None:
+    """Print a markdown table of ratios B/A for the rows both runs have; write it as CSV and markdown.
+
+    Example: nectargan-bench compare results/runs/before results/runs/after
+    """
+    from bench.report import compare_dirs
+
+    _existing_folders(dir_a, dir_b)
+    _table, markdown, written = compare_dirs(dir_a, dir_b, out)
+    typer.echo(markdown)
+    stderr.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+
+
+COMMANDS = {"profile": profile, "sweep": sweep, "report": report, "compare": compare}

@@ -1,0 +1,154 @@
+"""Commands of the model library: ``dataset`` and ``train``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.options import (
+    DEFAULT,
+    DEFAULT_UPCONV,
+    BlockType,
+    DropoutLayers,
+    Features,
+    InChannels,
+    NDowns,
+    OutChannels,
+    Quiet,
+    Upconv,
+    variant,
+)
+from cli.progress import ProgressBar, stderr
+from nectargan.data.samples import TASKS
+from nectargan.errors import NectarGANError
+from nectargan.train.config import PRECISIONS, TrainConfig
+
+DatasetTask = StrEnum("DatasetTask", {name: name for name in TASKS})
+PrecisionChoice = StrEnum("PrecisionChoice", {name: name for name in PRECISIONS})
+D = TrainConfig  # the owner of every training default, shown in the help texts below
+
+
+def dataset(
+    task: Annotated[DatasetTask, typer.Option(help="What A is: edges, greyscale or a noisy photo.")],
+    out: Annotated[Path, typer.Option(help="Folder to create (train/, val/, test/).")],
+    size: Annotated[int, typer.Option(help="Side of each image, 32..512.")] = 64,
+    count: Annotated[int, typer.Option(help="Number of pairs, split 80/10/10.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+) -> None:
+    """Build a pix2pix-format dataset from scikit-image's bundled photos (no download).
+
+    Example: nectargan-bench dataset --task edges2photo --out data/edges64 --size 64 --count 200
+    """
+    from nectargan.data.samples import build_sample_dataset
+
+    counts = build_sample_dataset(out, task.value, size=size, count=count, seed=seed)
+    stderr.print(f"Wrote {sum(counts.values())} pairs ({size}x{size} each side) to {out}: "
+                 + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False, soft_wrap=True)
+
+
+def train(
+    data: Annotated[Path, typer.Option(help="pix2pix-format dataset folder (train/, val/).")],
+    out: Annotated[Path, typer.Option(help="Run folder: metrics.csv, samples/, netG/netD.pth.tar.")],
+    n_downs: NDowns = DEFAULT.n_downs,
+    features: Features = DEFAULT.features,
+    block_type: BlockType = DEFAULT.block_type,
+    upconv_type: Upconv = DEFAULT_UPCONV,
+    input_size: Annotated[int, typer.Option(help="Crop side in pixels (the generator's input_size).")] = (
+        DEFAULT.input_size
+    ),
+    in_channels: InChannels = DEFAULT.in_channels,
+    out_channels: OutChannels = None,
+    use_dropout_layers: DropoutLayers = DEFAULT.use_dropout_layers,
+    steps: Annotated[int | None, typer.Option(help="Budget in steps.")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Budget in seconds (whichever ends first).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Images per step [default: {D.batch_size}].")] = None,
+    lr: Annotated[float | None, typer.Option(help=f"Adam learning rate for G and D [default: {D.lr:g}].")] = None,
+    beta1: Annotated[float | None, typer.Option(help=f"Adam beta1 [default: {D.beta1:g}].")] = None,
+    lambda_l1: Annotated[float | None, typer.Option(help=f"Weight of the L1 term [default: {D.lambda_l1:g}].")] = None,
+    d_layers: Annotated[
+        int | None, typer.Option(help=f"PatchGAN n_layers (3: 34x34 patches, 4: 70x70) [default: {D.d_layers}].")
+    ] = None,
+    d_features: Annotated[int | None, typer.Option(help=f"PatchGAN base channels [default: {D.d_features}].")] = None,
+    direction: Annotated[
+        str | None, typer.Option(help=f"AtoB (input = left half) or BtoA [default: {D.direction}].")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help=f"Evaluate on val every N steps, 0: at the end only [default: {D.eval_every}].")
+    ] = None,
+    log_every: Annotated[int | None, typer.Option(help=f"Read the losses every N steps [default: {D.log_every}].")] = (
+        None
+    ),
+    seed: Annotated[int | None, typer.Option(help=f"Random seed [default: {D.seed}].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N [default: auto].")] = None,
+    precision: Annotated[
+        PrecisionChoice | None, typer.Option(help="auto: bf16 on CUDA, fp32 on CPU [default: auto].")
+    ] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option(help="channels_last memory format (default: on for CUDA).")
+    ] = None,
+    compile: Annotated[bool | None, typer.Option(help="torch.compile the step (default: on for CUDA).")] = None,
+    preload: Annotated[bool | None, typer.Option(help="Hold the data on the device (default: if it fits).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train a generator against a PatchGAN discriminator (pix2pix objective) and evaluate it.
+
+    Give a budget: --steps and/or --seconds (whichever ends first).
+
+    Example: nectargan-bench train --data data/edges64 --input-size 64 --n-downs 3 --steps 500 --out runs/t64
+    """
+    from nectargan.train import fit
+
+    if steps is None and seconds is None:
+        raise NectarGANError("give a budget: --steps N and/or --seconds S")
+    spec = variant(n_downs, features, block_type, upconv_type, input_size, in_channels, out_channels,
+                   use_dropout_layers)
+    chosen: dict[str, Any] = {
+        "batch_size": batch_size, "steps": steps, "seconds": seconds, "lr": lr, "beta1": beta1,
+        "lambda_l1": lambda_l1, "d_layers": d_layers, "d_features": d_features, "direction": direction,
+        "eval_every": eval_every, "log_every": log_every, "seed": seed, "device": device,
+        "precision": precision.value if precision is not None else None,
+        "channels_last": channels_last, "compile": compile, "preload": preload,
+    }
+    config = TrainConfig(data=str(data), out=str(out), generator=spec.model_kwargs(),
+                         **{k: v for k, v in chosen.items() if v is not None})
+    progress = _TrainProgress(config, quiet)
+    try:
+        summary = fit(config, callbacks=[progress])
+    finally:
+        progress.bar.stop()
+    stderr.print(
+        f"{summary['steps']} steps in {summary['train_seconds']:.1f} s ({summary['img_per_s']:.1f} img/s, "
+        f"{summary['device']}, {summary['precision']}, compile={'on' if summary['compile'] else 'off'}); "
+        f"val L1 {summary['initial_val_l1']:.4f} -> {summary['val_l1']:.4f}, PSNR {summary['val_psnr']:.2f} dB, "
+        f"SSIM {summary['val_ssim']:.3f}. Wrote {out}", highlight=False, soft_wrap=True,
+    )
+
+
+class _TrainProgress:
+    """Training events -> the progress bar (img/s, losses, val L1, ETA)."""
+
+    def __init__(self, config: TrainConfig, quiet: bool):
+        self.by_steps = config.steps is not None
+        self.total = config.steps if self.by_steps else config.seconds
+        self.bar = ProgressBar("train", quiet=quiet, counts=False)
+        self.val = ""
+
+    def on_eval(self, record: dict) -> None:
+        self.bar.start(self.total)
+        self.val = f" val L1 {record['val_l1']:.4f}"
+        self.bar.update(status=f"step {record['step']}{self.val}")
+
+    def on_log(self, record: dict) -> None:
+        self.bar.start(self.total)
+        status = (f"step {record['step']} {record['img_per_s']:.1f} img/s D {record['loss_d']:.3f} "
+                  f"G {record['loss_g_gan']:.3f} L1 {record['loss_g_l1']:.3f}{self.val}")
+        self.bar.update(completed=record["step"] if self.by_steps else record["elapsed_s"], status=status)
+
+    def on_end(self, summary: dict) -> None:
+        self.bar.update(completed=self.total)
+
+
+COMMANDS = {"dataset": dataset, "train": train}
