@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.records import MIB
 from bench.variant import VariantSpec
 from nectargan.models.unet.blocks import ResidualUnetBlock, UnetBlock
 from nectargan.models.unet.model import UnetGenerator, build_channel_map
 
 BYTES_PER_FP32 = 4
-MIB = 2**20
 
 
 @dataclass(frozen=True)

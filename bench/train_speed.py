@@ -7,9 +7,10 @@ every step (a host sync per loss). Ours is :class:`~nectargan.train.step.Pix2Pix
 settings given. Both train the same G and D architectures on the same preloaded random batches.
 
 Method: after warm-up (which includes compilation), blocks of steps alternate between the two
-loops (ABAB...), so a drifting machine affects both alike; each block runs at least
-``--min-block-s`` seconds, timed with CUDA events on GPU and perf_counter on CPU. A figure is the
-median img/s over the blocks; the interquartile range is shown beside it.
+loops (ABAB...) with the harness's own timer (:mod:`bench.timing`), so a drifting machine affects both
+alike; each block runs at least ``--min-block-s`` seconds, timed with CUDA events on GPU and
+perf_counter on CPU. A figure is the median img/s over the blocks; the interquartile range is shown
+beside it.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench.timing import CudaEventTimer, PerfCounterTimer, measure_interleaved
 from nectargan.models.patchgan.model import Discriminator
 from nectargan.models.unet.model import UnetGenerator
-from nectargan.train.config import TrainConfig, resolve
+from nectargan.train.config import PRECISIONS, TrainConfig, resolve
 from nectargan.train.step import Pix2PixStep
 
 
@@ -55,81 +57,53 @@ def nectargan_like_step(generator, discriminator, opt_g, opt_d, lambda_l1: float
     return step
 
 
-def _repeat(step: Callable[..., object], *inputs: torch.Tensor) -> Callable[[int], None]:
-    """A function that runs ``step(*inputs)`` n times."""
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            step(*inputs)
-
-    return run
-
-
-def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
-    def run(fn: Callable[[], None]) -> float:
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1000
-        begin = time.perf_counter()
-        fn()
-        return time.perf_counter() - begin
-
-    return run
-
-
 def measure(args: argparse.Namespace) -> list[dict]:
+    """Both loops per batch size, timed interleaved by :func:`bench.timing.measure_interleaved`."""
     torch.manual_seed(0)
     rows = []
     gen_kwargs = {"input_size": args.size, "n_downs": args.n_downs, "features": args.features}
     for batch in args.batch_sizes:
-        config = TrainConfig(data="-", generator=gen_kwargs, batch_size=batch, steps=1, device=args.device,
+        config = TrainConfig(generator=gen_kwargs, batch_size=batch, steps=1, device=args.device,
                              precision=args.precision, compile=args.compile, channels_last=args.channels_last,
                              d_layers=args.d_layers)
         run = resolve(config)
-        timer = _timer(run.device)
         x = torch.rand(batch, 3, args.size, args.size, device=run.device) * 2 - 1
         y = torch.rand(batch, 3, args.size, args.size, device=run.device) * 2 - 1
 
         g_ref = UnetGenerator(**gen_kwargs).to(run.device)
-        d_ref = Discriminator(n_layers=args.d_layers).to(run.device)
-        ref = nectargan_like_step(g_ref, d_ref, torch.optim.Adam(g_ref.parameters(), 2e-4, betas=(0.5, 0.999)),
-                                  torch.optim.Adam(d_ref.parameters(), 2e-4, betas=(0.5, 0.999)), 100.0)
+        d_ref = Discriminator(n_layers=config.d_layers).to(run.device)
+        fp32 = TrainConfig()  # NectarGAN's optimiser settings, plain (not fused) Adam as its trainer builds
+        betas = (fp32.beta1, fp32.beta2)
+        ref = nectargan_like_step(g_ref, d_ref, torch.optim.Adam(g_ref.parameters(), fp32.lr, betas=betas),
+                                  torch.optim.Adam(d_ref.parameters(), fp32.lr, betas=betas), fp32.lambda_l1)
         fmt = torch.channels_last if run.channels_last else torch.preserve_format
         g_ours = UnetGenerator(**gen_kwargs).to(run.device, memory_format=fmt)
-        d_ours = Discriminator(n_layers=args.d_layers).to(run.device, memory_format=fmt)
+        d_ours = Discriminator(n_layers=config.d_layers).to(run.device, memory_format=fmt)
         ours_step = Pix2PixStep(g_ours, d_ours, config, run)
         xo, yo = ours_step.prepare(x), ours_step.prepare(y)
 
         # NectarGAN's default batch size is 1, so the reference loop runs at 1.
-        candidates = {
-            "nectargan-like": (_repeat(ref, x[:1], y[:1]), 1),
-            "ours": (_repeat(ours_step, xo, yo), batch),
-        }
+        loops = {"nectargan-like": (partial(ref, x[:1], y[:1]), 1), "ours": (partial(ours_step, xo, yo), batch)}
         start = time.perf_counter()
-        for fn, _ in candidates.values():  # warm-up, compilation included
-            fn(args.warmup)
+        for step, _images in loops.values():  # warm-up, compilation included
+            for _ in range(args.warmup):
+                step()
         warmup_s = time.perf_counter() - start
-        calls = {name: max(1, int(args.min_block_s / max(timer(lambda f=fn: f(1)), 1e-6)))
-                 for name, (fn, _) in candidates.items()}
-        samples: dict[str, list[float]] = {name: [] for name in candidates}
-        for _ in range(args.blocks):
-            for name, (fn, images) in candidates.items():
-                seconds = timer(lambda f=fn, n=calls[name]: f(n))
-                samples[name].append(calls[name] * images / seconds)
-        for name, values in samples.items():
-            q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+        timer = CudaEventTimer(run.device) if run.device.type == "cuda" else PerfCounterTimer()
+        results = measure_interleaved({name: step for name, (step, _) in loops.items()}, timer, args.blocks,
+                                      args.min_block_s)
+        for name, measurement in results.items():
+            images = loops[name][1]
+            per_block = [images / t for t in measurement.per_call_s]
+            q = statistics.quantiles(per_block, n=4, method="inclusive") if len(per_block) > 1 else [per_block[0]] * 3
             rows.append({
-                "batch_size": batch if name == "ours" else 1, "loop": name, "device": str(run.device),
+                "batch_size": images, "loop": name, "device": str(run.device),
                 "precision": run.precision if name == "ours" else "fp32",
                 "compile": run.compile if name == "ours" else False,
                 "channels_last": run.channels_last if name == "ours" else False,
-                "img_per_s": statistics.median(values), "iqr_img_per_s": q[2] - q[0],
-                "blocks": len(values), "steps_per_block": calls[name], "warmup_s": warmup_s,
+                "img_per_s": images / measurement.median_s, "iqr_img_per_s": q[2] - q[0],
+                "blocks": len(measurement.block_s), "steps_per_block": measurement.calls_per_block,
+                "warmup_s": warmup_s,
             })
     return rows
 
@@ -151,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=positive(int), default=16, help="generator features")
     parser.add_argument("--d-layers", type=positive(int), default=3, help="PatchGAN n_layers")
     parser.add_argument("--batch-sizes", type=positive(int), nargs="+", default=[1, 8], help="our step's batches")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "tf32", "bf16", "fp16"],
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="our step's precision (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="compile our step (default: on for CUDA)")

@@ -14,13 +14,11 @@ Precisions: ``fp32`` (TF32 off), ``tf32`` (fp32 tensors, TF32 matmuls and convol
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Literal
 
 import torch
 
 from nectargan.errors import InvalidArgumentError
 
-Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
 CUDA_ONLY_PRECISIONS: tuple[str, ...] = ("tf32", "fp16")
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or cuda:all"

@@ -26,9 +26,6 @@ from nectargan.train import NonFiniteLossError, TrainConfig, fit
 from studies.config import CONSTRAINTS, Range, StudyConfig
 
 STATIC_CONSTRAINTS = ("max_params", "max_gflops")
-NUMERIC_ATTRS = ("params", "gflops", "train_img_per_s", "peak_mem_mib", "val_l1", "val_psnr", "val_ssim",
-                 "train_seconds")
-
 
 def suggest(trial: optuna.Trial, space: dict[str, list[Any] | Range]) -> dict[str, Any]:
     """Ask the trial for every searched parameter, in the config's order."""

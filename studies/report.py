@@ -13,8 +13,6 @@ from nectargan.errors import NectarGANError
 from studies.storage import open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-ATTRS = ["variant", "params", "gflops", "train_img_per_s", "peak_mem_mib", "val_l1", "val_psnr", "val_ssim",
-         "train_seconds", "reason"]
 
 
 def load(storage_url: str, name: str) -> optuna.Study:

@@ -252,7 +252,7 @@ def test_dashboard_serves_the_study(tmp_path):
 @pytest.mark.parametrize(
     ("text", "pattern"),
     [
-        ("[space]\nn_down = [3]\n", r"\[space\]: unknown key 'n_down' \(did you mean 'n_downs'\?\)"),
+        ("[space]\nn_down = [3]\n", r"unknown key \[space\]\.n_down \(did you mean 'n_downs'\?\)"),
         ("[space]\nfeatures = []\n", r"\[space\]\.features is empty"),
         ("[space]\nlr = { low = 1e-3, high = 1e-4 }\n", r"\[space\]\.lr: low = 0\.001 must be below high"),
         ("[space]\nlr = { low = 0.0, high = 1e-4, log = true }\n", r"a log range needs low > 0"),
@@ -262,7 +262,7 @@ def test_dashboard_serves_the_study(tmp_path):
         ("[study]\nobjectives = ['val_l2']\n", r"unknown objective 'val_l2' \(did you mean 'val_l1'\?\)"),
         ("[study]\nobjectives = ['val_l1', 'params']\npruner = 'median'\n", r"cannot prune a multi-objective"),
         ("[study]\nsampler = 'tpee'\n", r"did you mean 'tpe'"),
-        ("[studdy]\nname = 'x'\n", r"unknown key 'studdy' \(did you mean 'study'\?\)"),
+        ("[studdy]\nname = 'x'\n", r"unknown top-level key 'studdy' \(did you mean 'study'\?\)"),
         ("[constraints]\nmax_param = 1\n", r"did you mean 'max_params'"),
         ("[space]\nn_downs = [3]\n[fixed]\nn_downs = 3\n", r"n_downs is both searched"),
         ("[data]\ntask = 'edges'\n", r"\[data\]\.task = 'edges'"),

@@ -155,7 +155,7 @@ def _norm_layer(norm: str | None, channels: int) -> nn.Module:
         return nn.InstanceNorm2d(channels)
     if norm is None:
         return nn.Identity()
-    raise InvalidArgumentError(f"norm={norm!r} is not valid: use 'instance' or None")
+    raise InvalidArgumentError(f"norm={norm!r} is not valid: use one of {', '.join(map(repr, NORMS))}")
 
 
 def _activation_layer(activation: str | None) -> nn.Module:
@@ -168,7 +168,7 @@ def _activation_layer(activation: str | None) -> nn.Module:
     if activation is None:
         return nn.Identity()
     raise InvalidArgumentError(
-        f"activation={activation!r} is not valid: use 'leaky', 'relu', 'tanh' or None"
+        f"activation={activation!r} is not valid: use one of {', '.join(map(repr, ACTIVATIONS))}"
     )
 
 
