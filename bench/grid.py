@@ -53,7 +53,7 @@ TOP_LEVEL_KEYS = ["grid", "measure", "description"]
 # Options of measured sweeps: names take a value or a list from their choices; numbers one value.
 MEASURE_CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "mode": MODES, "precision": PRECISIONS,
                                                "layout": LAYOUTS}
-MEASURE_KEYS = [*MEASURE_CHOICES, "device", "threads", "timeout_s"]
+MEASURE_KEYS = [*MEASURE_CHOICES, "device", "threads", "timeout_s", "block_timeout_s", "cpu_mkldnn"]
 
 
 class GridError(NectarGANError, ValueError):
@@ -163,8 +163,10 @@ def check_measure_value(key: str, value: Any, where: str) -> None:
             raise GridError(f"{where} = {value!r} must be one device name: cpu, cuda, cuda:N or cuda:all")
     elif key in ("threads", "blocks", "max_batch"):
         number(where, value, GridError, kind=int, minimum=1)
-    elif key in ("timeout_s", "min_block_s"):
+    elif key in ("timeout_s", "block_timeout_s", "min_block_s"):
         number(where, value, GridError, above=0)
+    elif key in ("cpu_mkldnn", "warm_compile") and not isinstance(value, bool):
+        raise GridError(f"{where} = {value!r} must be true or false")
 
 
 def _check_type(where: str, axis: str, value: Any) -> None:

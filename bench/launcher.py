@@ -1,31 +1,57 @@
 """Launchers run a measuring job and always answer with an :class:`~bench.records.Envelope`.
 
-* :class:`SubprocessLauncher` (the default): ``python -m bench.child`` in its own session, killed
-  with its children at the timeout. A crash or a hang becomes a status; the parent never dies with it.
-  A GPU is chosen with ``CUDA_VISIBLE_DEVICES``, so the child sees its device as ``cuda:0``.
+* :class:`SubprocessLauncher` (the default): ``python -m bench.child`` in its own session. The child
+  is kept and serves the next job (torch is imported once per sweep, not once per variant) until a job
+  fails; then it is replaced, so a crashed or poisoned process never measures again. The child
+  reports each phase it enters; a phase that makes no progress within its limit (long for building,
+  compiling and checking, short for warm-up and timed blocks) is a hang: the child is killed with its
+  children and the envelope says where it hung. A child that dies gets an envelope naming the signal,
+  the last lines it printed (glibc's ``double free or corruption``, say) and the phase. A GPU is chosen
+  with ``CUDA_VISIBLE_DEVICES``, so the child sees its device as ``cuda:0``.
 * :class:`InlineLauncher` (tests, debugging): the job runs in this process. Its environment is
   applied for the call and restored afterwards, under a lock so that worker threads never see each
   other's; it uses the device by its index, since ``CUDA_VISIBLE_DEVICES`` means nothing once CUDA is
-  initialised. It cannot stop a hang (no timeout).
+  initialised. It cannot stop a hang or survive a crash.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
-from bench.child import ENVELOPE_PREFIX, describe_exception, run_job
-from bench.records import Envelope, Job, job_to_json
+from bench.child import ENVELOPE_PREFIX, PROGRESS_PREFIX, Progress, describe_exception, run_job
+from bench.records import Envelope, Job, ProgressNote, job_to_json
 from nectargan.errors import NectarGANError
 
 # The measuring child's command line (tests point it at a wrapper that injects faults).
 CHILD_COMMAND = [sys.executable, "-m", "bench.child"]
+# Phases that only repeat calls already made once: a hang there is detected by the short limit.
+SHORT_PHASES = frozenset({"warmup", "calibrate", "block", "memory"})
+STDERR_LINES = 20
+
+
+@dataclass(frozen=True)
+class PhaseLimits:
+    """Seconds without progress before a child counts as hung: ``long_s`` for starting, building,
+    compiling and checking; ``short_s`` for warm-up, calibration, timed blocks and the memory call."""
+
+    long_s: float | None = None
+    short_s: float | None = None
+
+    def limit(self, phase: str) -> float | None:
+        if phase in SHORT_PHASES and self.short_s is not None:
+            return self.short_s if self.long_s is None else min(self.short_s, self.long_s)
+        return self.long_s
 
 
 class Launcher(Protocol):
@@ -33,7 +59,13 @@ class Launcher(Protocol):
         """(the device name the job uses, the environment that selects it) for a device of this host."""
         ...
 
-    def launch(self, job: Job, env: dict[str, str], timeout_s: float | None) -> Envelope: ...
+    def launch(self, job: Job, env: dict[str, str], limits: PhaseLimits, fresh: bool = False) -> Envelope:
+        """Run ``job``; ``fresh`` asks for a process that has run nothing before (a warm compile)."""
+        ...
+
+    def close(self) -> None:
+        """Stop whatever the launcher keeps running between jobs."""
+        ...
 
 
 def _physical_gpu(index: int) -> str:
@@ -47,8 +79,119 @@ def _physical_gpu(index: int) -> str:
     return entries[index]
 
 
+def _signal_name(returncode: int | None) -> str:
+    if returncode is None:
+        return "an unknown cause"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class _Child:
+    """One ``bench.child`` process: a line reader for stdout, the last lines of stderr."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            list(CHILD_COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            bufsize=1, start_new_session=True, env={**os.environ, **env},
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if line.strip():
+                self.stderr.append(line.strip())
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, job: Job, limits: PhaseLimits) -> Envelope:
+        note = ProgressNote("start")
+        measured = []
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(job_to_json(job) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return self._died(note, measured)
+        deadline = _deadline(limits.limit(note.phase))
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                line = self.lines.get(timeout=wait)
+            except queue.Empty:
+                self.kill()
+                limit = limits.limit(note.phase)
+                return _failed("timeout", f"no progress for {limit:g} s in {note.where()}; the child was killed",
+                               note, measured)
+            if line is None:
+                return self._died(note, measured)
+            if line.startswith(PROGRESS_PREFIX):
+                update = ProgressNote.from_json(line[len(PROGRESS_PREFIX):])
+                measured += update.measurements
+                if update.phase != "done":
+                    note = update
+                deadline = _deadline(limits.limit(note.phase))
+            elif line.startswith(ENVELOPE_PREFIX):
+                return Envelope.from_json(line[len(ENVELOPE_PREFIX):])
+
+    def _died(self, note: ProgressNote, measured: list) -> Envelope:
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.proc.returncode
+        time.sleep(0.05)  # let the stderr reader drain the last lines
+        said = " | ".join(list(self.stderr)[-3:])[-300:]
+        detail = f" ({said})" if said else ""
+        return _failed("error", f"the measuring child died of {_signal_name(code)}{detail} in {note.where()}",
+                       note, measured)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def _deadline(limit: float | None) -> float | None:
+    return None if limit is None else time.monotonic() + limit
+
+
+def _failed(status: str, error: str, note: ProgressNote, measured: list) -> Envelope:
+    envelope = Envelope.failure(status, error)  # type: ignore[arg-type]
+    envelope.failed_config, envelope.phase, envelope.measurements = note.config, note.phase, list(measured)
+    return envelope
+
+
 class SubprocessLauncher:
-    """Each job in a fresh ``python -m bench.child`` (see the module docstring)."""
+    """Jobs in ``bench.child`` processes, one kept per environment while it stays healthy."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple, _Child] = {}
+        self._lock = threading.Lock()
 
     def place(self, device: str) -> tuple[str, dict[str, str]]:
         if device.startswith("cuda"):
@@ -56,24 +199,31 @@ class SubprocessLauncher:
             return "cuda:0", {"CUDA_VISIBLE_DEVICES": _physical_gpu(index)}
         return device, {}
 
-    def launch(self, job: Job, env: dict[str, str], timeout_s: float | None) -> Envelope:
-        proc = subprocess.Popen(
-            list(CHILD_COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True, env={**os.environ, **env},
-        )
-        try:
-            out, err = proc.communicate(job_to_json(job), timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return Envelope.failure("timeout", f"no answer within {timeout_s:g} s; the child was killed")
-        for line in reversed(out.splitlines()):
-            if line.startswith(ENVELOPE_PREFIX):
-                return Envelope.from_json(line[len(ENVELOPE_PREFIX):])
-        tail = " ".join(err.strip().splitlines()[-3:])[-300:]
-        return Envelope.failure("error", f"the child exited with code {proc.returncode} and no result"
-                                + (f": {tail}" if tail else ""))
+    def launch(self, job: Job, env: dict[str, str], limits: PhaseLimits, fresh: bool = False) -> Envelope:
+        key = tuple(sorted(env.items()))
+        if fresh:
+            child = _Child(env)
+            try:
+                return child.run(job, limits)
+            finally:
+                child.kill()
+        with self._lock:
+            child = self._children.pop(key, None)
+        if child is None or not child.alive():
+            child = _Child(env)
+        envelope = child.run(job, limits)
+        if envelope.status == "ok" and child.alive():
+            with self._lock:
+                self._children[key] = child
+        else:
+            child.kill()  # never measure again in a process that failed
+        return envelope
+
+    def close(self) -> None:
+        with self._lock:
+            children, self._children = list(self._children.values()), {}
+        for child in children:
+            child.close()
 
 
 _INLINE_LOCK = threading.Lock()
@@ -99,7 +249,7 @@ class InlineLauncher:
     def place(self, device: str) -> tuple[str, dict[str, str]]:
         return device, {}
 
-    def launch(self, job: Job, env: dict[str, str], timeout_s: float | None) -> Envelope:
+    def launch(self, job: Job, env: dict[str, str], limits: PhaseLimits, fresh: bool = False) -> Envelope:
         if "CUDA_VISIBLE_DEVICES" in env:
             raise NectarGANError("launcher 'inline' cannot select a GPU through CUDA_VISIBLE_DEVICES once CUDA is "
                                  "initialised; give the device by index or use launcher 'subprocess'")
@@ -108,11 +258,14 @@ class InlineLauncher:
         with _INLINE_LOCK, _applied(env):
             threads = torch.get_num_threads()
             try:
-                return run_job(job)
+                return run_job(job, Progress())
             except Exception as exc:
                 return describe_exception(exc)
             finally:
                 torch.set_num_threads(threads)
+
+    def close(self) -> None:
+        return None
 
 
 LAUNCHERS: dict[str, type[Launcher]] = {"subprocess": SubprocessLauncher, "inline": InlineLauncher}

@@ -1,12 +1,13 @@
-"""Measured sweeps: throughput, latency, memory and compile cost of each variant, one child per variant.
+"""Measured sweeps: throughput, latency, memory and compile cost of each variant, in measuring children.
 
 :class:`MeasuredPlan` is the sweep plan (see :func:`bench.sweep.run_sweep`). For each valid variant it
 writes the static row (FLOPs are needed for TFLOP/s), then sends one :class:`~bench.records.MeasureJob`
 to a launcher: every (task, mode, precision, layout) at the variant's batch size, the modes of one
-group measured interleaved in the same child. A second child then runs a
+group measured interleaved in the same child. A configuration that runs out of memory, raises,
+crashes the child or hangs costs only its own row (``oom`` / ``error`` / ``timeout``, with the phase
+in the reason): the others are measured again in a fresh child. A fresh child then runs a
 :class:`~bench.records.CompileJob`: the warm compile time, reusing the on-disk Inductor cache the first
-child filled (``compile_warm_s``). A child that runs out of memory, fails, crashes or hangs becomes
-rows with status ``oom`` / ``error`` / ``timeout`` and the sweep goes on.
+child filled (``compile_warm_s``). The sweep goes on whatever happens.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from bench.env import ENV_FILE, read_env, write_json_atomic
 from bench.grid import Grid, check_measure_value
-from bench.launcher import LAUNCHERS, Launcher
+from bench.launcher import LAUNCHERS, Launcher, PhaseLimits
 from bench.records import CeilingJob, CompileJob, Envelope, MeasureConfig, MeasureJob, measured_figures
 from bench.store import JsonlStore, Row
 from bench.sweep import base_row, static_key, static_row
@@ -29,6 +30,7 @@ from nectargan.runtime import precision_reason, resolve_devices
 
 MEASURE_KIND = "measure"
 DEFAULT_TIMEOUT_S = 1800.0
+DEFAULT_BLOCK_TIMEOUT_S = 300.0
 INDUCTOR_CACHE = "inductor-cache"
 
 
@@ -42,7 +44,9 @@ class MeasureOptions:
     layouts: list[str]
     device: str = "cpu"
     threads: int | None = None
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per phase without progress: start, build, compile, check
+    block_timeout_s: float = DEFAULT_BLOCK_TIMEOUT_S  # per phase without progress: warm-up, timed blocks
+    cpu_mkldnn: bool = True  # False: torch.backends.mkldnn off in the child (a workaround, see README)
     blocks: int = 5
     min_block_s: float = 0.2
     launcher: str = "subprocess"
@@ -73,8 +77,9 @@ def measure_options(grid: Grid, device: str | None = None, **overrides: Any) -> 
     cuda = device.startswith("cuda")
     if table.get("launcher", "subprocess") not in LAUNCHERS:
         raise NectarGANError(f"launcher={table['launcher']!r} is not valid: use {' or '.join(LAUNCHERS)}")
-    keep = {k: _single(table[k]) for k in ("threads", "timeout_s", "blocks", "min_block_s", "launcher",
-                                          "warm_compile", "inductor_cache", "max_batch") if k in table}
+    keep = {k: _single(table[k]) for k in ("threads", "timeout_s", "block_timeout_s", "cpu_mkldnn", "blocks",
+                                          "min_block_s", "launcher", "warm_compile", "inductor_cache", "max_batch")
+            if k in table}
     return MeasureOptions(
         tasks=_listed(table.get("task", ["infer", "train"])),
         modes=_listed(table.get("mode", ["eager", "compile"])),
@@ -119,6 +124,13 @@ class MeasuredPlan:
             keys |= {measure_key(spec, c, d) for c in measure_configs(spec, self.options) for d in self.devices()}
         return keys
 
+    @property
+    def limits(self) -> PhaseLimits:
+        return PhaseLimits(long_s=self.options.timeout_s, short_s=self.options.block_timeout_s)
+
+    def finish(self) -> None:
+        self.launcher.close()
+
     def start(self, directory: Path, store: JsonlStore) -> None:
         """Measure the matmul ceilings once per run (kept in env.json, reused on resume)."""
         self.directory = directory
@@ -140,8 +152,7 @@ class MeasuredPlan:
         if not runnable:
             return {}
         job_device, env = self._env(device)
-        envelope = self.launcher.launch(CeilingJob(job_device, runnable, self.options.threads), env,
-                                        self.options.timeout_s)
+        envelope = self.launcher.launch(CeilingJob(job_device, runnable, self.options.threads), env, self.limits)
         return {device: envelope.ceilings} if envelope.status == "ok" else {}
 
     def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore) -> list[Row]:
@@ -165,29 +176,47 @@ class MeasuredPlan:
         if not runnable:
             return rows
         job_device, env = self._env(device)
-        job = MeasureJob(job_device, spec.to_dict(), runnable, options.blocks, options.min_block_s,
-                         options.threads, options.max_batch)
-        envelope = self.launcher.launch(job, env, options.timeout_s)
+        results: dict[MeasureConfig, Row] = {}
+        pending = list(runnable)
+        raws: dict[MeasureConfig, object] = {}
+        threads = options.threads
+        while pending:  # each pass ends with every config measured or one more config failed
+            job = MeasureJob(job_device, spec.to_dict(), pending, options.blocks, options.min_block_s,
+                             options.threads, options.max_batch, options.cpu_mkldnn)
+            envelope = self.launcher.launch(job, env, self.limits)
+            threads = envelope.threads or threads
+            for raw in envelope.measurements:
+                if raw.config in pending:
+                    raws[raw.config] = raw
+            pending = [c for c in pending if c not in raws]
+            if envelope.status == "ok":
+                for cfg in pending:
+                    results[cfg] = {"status": "error", "reason": "the child returned no result for this configuration"}
+                break
+            culprits = [envelope.failed_config] if envelope.failed_config in pending else list(pending)
+            for cfg in culprits:  # unattributable failures take every pending config
+                results[cfg] = {"status": envelope.status, "reason": envelope.error}
+            pending = [c for c in pending if c not in culprits]
         warm: Envelope | None = None
-        compiled = [c for c in runnable if c.compiled]
-        if envelope.status == "ok" and options.warm_compile and compiled:
-            warm = self.launcher.launch(CompileJob(job_device, spec.to_dict(), compiled, options.threads), env,
-                                        options.timeout_s)
+        compiled = [c for c in raws if c.compiled]
+        if options.warm_compile and compiled:
+            warm = self.launcher.launch(CompileJob(job_device, spec.to_dict(), compiled, options.threads,
+                                                   options.cpu_mkldnn), env, self.limits, fresh=True)
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         ceilings = self.ceilings.get(device, {})
+        extra = {"cpu_mkldnn": options.cpu_mkldnn} if device == "cpu" else {}
         for cfg in runnable:
-            row = measured_row(spec, cfg, device, options.threads)
-            raw = envelope.measurement(cfg)
+            row = measured_row(spec, cfg, device, options.threads) | extra
+            raw = raws.get(cfg)
             if raw is None:
-                status = envelope.status if envelope.status != "ok" else "error"
-                rows.append(row | {"status": status, "reason": envelope.error or "no result for this configuration"})
+                rows.append(row | results[cfg])
                 continue
             per_image = flops["flops_train" if cfg.task == "train" else "flops_fwd"]
             warm_raw = warm.measurement(cfg) if warm is not None else None
             rows.append(row | {
                 "status": "ok", "reason": "", **measured_figures(raw, per_image, ceilings.get(cfg.precision)),
                 "compile_warm_s": warm_raw.first_call_s if warm_raw else None, "finished_at": now,
-                "threads": envelope.threads or options.threads,
+                "threads": threads,
             })
         return rows
 

@@ -71,6 +71,7 @@ class MeasureJob:
     min_block_s: float = 0.2
     threads: int | None = None
     max_batch: int | None = None
+    cpu_mkldnn: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class CompileJob:
     variant: dict[str, Any]
     configs: list[MeasureConfig]
     threads: int | None = None
+    cpu_mkldnn: bool = True
 
 
 Job = CeilingJob | MeasureJob | CompileJob
@@ -122,7 +124,12 @@ class RawMeasurement:
 
 @dataclass
 class Envelope:
-    """The child's answer. A child that crashed or hung gets one from the launcher instead."""
+    """The child's answer. A child that crashed or hung gets one from the launcher instead.
+
+    On a failure, ``failed_config`` and ``phase`` say which configuration was running and where
+    (``build``, ``first-call``, ``check``, ``warmup``, ``calibrate``, ``block``, ``memory``, ...);
+    ``measurements`` holds what finished before it.
+    """
 
     status: Status
     measurements: list[RawMeasurement] = field(default_factory=list)
@@ -130,6 +137,8 @@ class Envelope:
     ceilings: dict[str, float] = field(default_factory=dict)
     threads: int | None = None
     traceback: str = ""
+    failed_config: MeasureConfig | None = None
+    phase: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -138,6 +147,8 @@ class Envelope:
     def from_json(cls, text: str) -> Envelope:
         data = json.loads(text)
         data["measurements"] = [RawMeasurement.from_dict(m) for m in data.get("measurements", [])]
+        if data.get("failed_config"):
+            data["failed_config"] = MeasureConfig(**data["failed_config"])
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     @classmethod
@@ -146,6 +157,31 @@ class Envelope:
 
     def measurement(self, config: MeasureConfig) -> RawMeasurement | None:
         return next((m for m in self.measurements if m.config == config), None)
+
+
+@dataclass
+class ProgressNote:
+    """One progress line from the child: the phase it entered and the config it works on; a finished
+    group of configs carries its measurements, so they survive a later crash of the child."""
+
+    phase: str
+    config: MeasureConfig | None = None
+    measurements: list[RawMeasurement] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ProgressNote:
+        data = json.loads(text)
+        return cls(data["phase"], MeasureConfig(**data["config"]) if data.get("config") else None,
+                   [RawMeasurement.from_dict(m) for m in data.get("measurements", [])])
+
+    def where(self) -> str:
+        """``phase 'block' of train/compile/fp32/nchw`` (for reasons in rows)."""
+        cfg = self.config
+        of = f" of {cfg.task}/{cfg.mode}/{cfg.precision}/{cfg.layout}" if cfg else ""
+        return f"phase {self.phase!r}{of}"
 
 
 def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: float | None) -> dict[str, Any]:
@@ -158,10 +194,13 @@ def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: 
     timing = Measurement(block_s=list(raw.block_s), calls_per_block=raw.calls_per_block)
     median = timing.median_s
     tflops = flops_per_image * cfg.batch_size / median / 1e12
+    pct = 100 * tflops / ceiling_tflops if ceiling_tflops else None
     figures: dict[str, Any] = {
         "median_ms": median * 1e3, "iqr_ms": timing.iqr_s * 1e3, "min_ms": timing.min_s * 1e3,
         "img_per_s": cfg.batch_size / median, "tflops": tflops,
-        "pct_of_peak": 100 * tflops / ceiling_tflops if ceiling_tflops else None, "noisy": timing.noisy,
+        # above 100 % the ceiling was not one: say so rather than print an impossible share
+        "pct_of_peak": pct if pct is not None and pct <= 100 else None,
+        "above_ceiling": pct is not None and pct > 100, "noisy": timing.noisy,
         "blocks": len(raw.block_s), "calls_per_block": raw.calls_per_block, "measure_s": timing.total_s,
         "block_s": list(raw.block_s),
         "peak_mem_mib": raw.peak_mem_bytes / MIB if raw.peak_mem_bytes is not None else None,

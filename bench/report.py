@@ -7,6 +7,7 @@ and GFLOPs happens only in the markdown.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ MEASURE_COLUMNS = [
     *VARIANT_COLUMNS, "task", "mode", "precision", "layout", "device", "threads", "status", "reason",
     "median_ms", "iqr_ms", "min_ms", "img_per_s", "tflops", "pct_of_peak", "noisy", "peak_mem_mib",
     "peak_reserved_mib", "compile_s", "compile_warm_s", "graph_breaks", "recompiles", "max_rel_err", "err_flag",
-    "blocks", "calls_per_block", "measure_s", "max_batch",
+    "blocks", "calls_per_block", "measure_s", "max_batch", "above_ceiling", "cpu_mkldnn",
 ]
 STATUS_ORDER = ["ok", "invalid", "error", "oom", "timeout"]
 
@@ -106,22 +107,25 @@ def _env_lines(envs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render_markdown(frame: pd.DataFrame, rows: list[Row], envs: list[dict[str, Any]], title: str) -> str:
+def render_markdown(frame: pd.DataFrame, rows: list[Row], envs: list[dict[str, Any]], title: str,
+                    measured: bool = False) -> str:
     """The report: environment, status summary, the table, a ranking, invalid rows, counter notes."""
     ok = frame[frame["status"] == "ok"]
     counts = frame["status"].value_counts().to_dict()
-    out = [f"# Static profile: {title}", ""]
+    out = [f"# {'Measured sweep' if measured else 'Static profile'}: {title}", ""]
     out += ["## Environment", "", *_env_lines(envs), ""]
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "invalid", "error") if counts.get(s))
     disagree = int((ok["counts_agree"] == False).sum())  # noqa: E712 - nullable boolean
+    agree = ("agree exactly in every ok row." if disagree == 0 else f"**disagree in {disagree} row(s)**: see warnings.")
     out += [
         "## Summary", "",
-        f"{len(frame)} variants: {summary or 'none'}. Counts are per image (batch 1); FLOPs count 2 per "
+        f"{len(frame)} {'variant' if len(frame) == 1 else 'variants'}: {summary or 'none'}. "
+        "Counts are per image (batch 1); FLOPs count 2 per "
         "multiply-add (torch.utils.flop_counter, convolutions only); MACs are fvcore's, which also counts "
         "InstanceNorm and upsampling.",
         "",
-        "The three convolution counts (closed form, fvcore, flop_counter) "
-        + ("agree exactly in every ok row." if disagree == 0 else f"**disagree in {disagree} row(s)**: see warnings."),
+        ("The three convolution counts (closed form, fvcore, flop_counter) " + agree) if len(ok) else
+        "No variant could be profiled, so nothing was counted.",
         "",
     ]
     if len(ok):
@@ -222,22 +226,29 @@ def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> li
             "median ms": ok["median_ms"].map(lambda v: f(v, ".3f")), "IQR ms": ok["iqr_ms"].map(lambda v: f(v, ".3f")),
             "img/s": ok["img_per_s"].map(lambda v: f(v, ",.1f")), "TFLOP/s": ok["tflops"].map(lambda v: f(v, ".3g")),
             "% peak": ok["pct_of_peak"].map(lambda v: f(v, ".1f")),
-            "peak MiB": ok["peak_mem_mib"].map(lambda v: f(v, ",.0f")),
+            "peak MiB": ok["peak_mem_mib"].map(lambda v: f(v, ",.1f")),
             "compile s (cold/warm)": [
                 "" if pd.isna(c) else f"{c:.1f} / {f(w, '.1f') or '-'}"
                 for c, w in zip(ok["compile_s"], ok["compile_warm_s"], strict=True)
             ],
             "max rel err": ok["max_rel_err"].map(lambda v: f(v, ".1e")),
-            "flags": [", ".join(x for x, on in (("noisy", n is True), ("error above tolerance", e is True)) if on)
-                      for n, e in zip(ok["noisy"], ok["err_flag"], strict=True)],
+            "flags": [", ".join(x for x, on in (("noisy", n is True), ("error above tolerance", e is True),
+                                                ("above the ceiling", c is True)) if on)
+                      for n, e, c in zip(ok["noisy"], ok["err_flag"], ok["above_ceiling"], strict=True)],
         })
+        if ok["compile_s"].isna().all():
+            table = table.drop(columns=["compile s (cold/warm)"])
+        reference = (ok["mode"] == "eager") & (ok["precision"] == "fp32") & (ok["layout"] == "nchw")
+        if reference.all():  # every row is the reference configuration itself: its error is 0 by definition
+            table = table.drop(columns=["max rel err"])
         out += [_markdown(table, text_columns=6), ""]
-        best = ok.loc[ok.groupby(["variant", "task"])["img_per_s"].idxmax()]
-        out += ["## Best configuration per variant", "", _markdown(pd.DataFrame({
-            "variant": best["variant"], "task": best["task"],
-            "fastest": best["mode"] + ", " + best["precision"] + ", " + best["layout"],
-            "img/s": best["img_per_s"].map(lambda v: f"{v:,.1f}"),
-        }), text_columns=3), ""]
+        if (ok.groupby(["variant", "task"]).size() > 1).any():  # a choice to report
+            best = ok.loc[ok.groupby(["variant", "task"])["img_per_s"].idxmax()]
+            out += ["## Best configuration per variant", "", _markdown(pd.DataFrame({
+                "variant": best["variant"], "task": best["task"],
+                "fastest": best["mode"] + ", " + best["precision"] + ", " + best["layout"],
+                "img/s": best["img_per_s"].map(lambda v: f"{v:,.1f}"),
+            }), text_columns=3), ""]
         eager = ok[ok["mode"] == "eager"].set_index(["variant", "task", "precision", "layout"])["median_ms"]
         compiled = ok[ok["mode"] != "eager"]
         speed = []
@@ -270,7 +281,7 @@ def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path)
 
     gflops = static.set_index("variant")["flops_fwd"].astype(float) / 1e9
     written = []
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
     markers = iter("osD^v<>")
     for (block, upconv), group in ok.groupby(["block_type", "upconv_type"], sort=True):
         marker = next(markers, "o")
@@ -283,21 +294,21 @@ def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path)
     ax.set_ylabel("images per second (log)")
     ax.set_title("Measured throughput vs cost")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside, not over
     fig.tight_layout()
     path = directory / "throughput_vs_gflops.png"
     fig.savefig(path)
     plt.close(fig)
     written.append(path)
     if ok["batch_size"].nunique() > 1:
-        fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+        fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
         for name, group in ok.groupby(["n_downs", "features", "block_type", "upconv_type", "task", "mode"]):
             group = group.sort_values("batch_size")
             ax.plot(group["batch_size"], group["peak_mem_mib"], marker="o", label=" ".join(map(str, name)))
         ax.set_xlabel("batch size")
         ax.set_ylabel("peak memory (MiB)")
         ax.set_title("Memory vs batch size")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         fig.tight_layout()
         path = directory / "memory_vs_batch.png"
         fig.savefig(path)
@@ -321,15 +332,15 @@ def write_reports(directory: Path, rows: list[Row], envs: list[dict[str, Any]], 
     plot = plot_params_vs_gflops(frame, directory / PLOT_FILE)
     if plot:
         written.append(plot)
-    markdown = render_markdown(frame, rows, envs, title)
+    markdown = render_markdown(frame, rows, envs, title, measured=len(measured) > 0)
     if len(measured):
-        measured_csv = measured.drop(columns=[], errors="ignore")
-        measured_csv.to_csv(directory / "measurements.csv", index=False)
+        measured.to_csv(directory / "measurements.csv", index=False)
         written.append(directory / "measurements.csv")
         plots = plot_measured(measured, frame, directory)
         written += plots
-        markdown += "\n" + "\n".join(_measured_markdown(measured, envs))
-        markdown += "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+        markdown = markdown.rstrip("\n") + "\n\n" + "\n".join(_measured_markdown(measured, envs)).rstrip("\n")
+        # a blank line before each image: right after a table, GitHub would read it as a table row
+        markdown += "".join(f"\n\n![{p.stem}]({p.name})" for p in plots) + "\n"
     md_path = directory / "report.md"
     md_path.write_text(markdown + "\n", encoding="utf-8")
     written.append(md_path)
@@ -364,6 +375,8 @@ def compare_frames(rows_a: list[Row], rows_b: list[Row]) -> pd.DataFrame:
     """For the ok rows both runs have: each compared figure in A and B and the ratio B/A."""
     a = static_frame(rows_a)
     b = static_frame(rows_b)
+    if "key" not in a or "key" not in b:  # a run without static rows
+        return pd.DataFrame(columns=["variant", *[f"{c}_{x}" for c in COMPARED for x in ("a", "b", "ratio")]])
     a, b = a[a["status"] == "ok"], b[b["status"] == "ok"]
     joined = a.merge(b, on="key", suffixes=("_a", "_b"))
     out = pd.DataFrame({"variant": joined["variant_a"]})
@@ -375,25 +388,118 @@ def compare_frames(rows_a: list[Row], rows_b: list[Row]) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def compare_dirs(dir_a: Path, dir_b: Path, out: Path | None = None) -> tuple[pd.DataFrame, str, list[Path]]:
-    """Write compare.csv and compare.md (into ``out``, default DIR_B); return the table and markdown."""
+# Measured figures compared by `compare` (ratio B/A) and whether more is better.
+COMPARED_MEASURED = {"median_ms": False, "img_per_s": True, "tflops": True, "peak_mem_mib": False,
+                     "compile_s": False, "joules_per_img": False}
+
+
+def _quartiles(blocks: Any, calls: Any) -> tuple[float, float] | None:
+    """(q1, q3) of the per-call seconds over a row's timed blocks."""
+    if not isinstance(blocks, list) or len(blocks) < 2 or not calls or pd.isna(calls):
+        return None
+    import statistics
+
+    q1, _, q3 = statistics.quantiles([b / calls for b in blocks], n=4, method="inclusive")
+    return q1, q3
+
+
+def compare_measured(rows_a: list[Row], rows_b: list[Row], threshold: float | None = None) -> pd.DataFrame:
+    """Measured rows ok in both runs, joined by their full key (variant, task, mode, precision, layout,
+    batch, device): each figure in A and B and the ratio B/A.
+
+    ``significant`` is False when the interquartile ranges of the two runs' per-call times overlap
+    (the difference is within the noise); ``regressed`` marks a significant slowdown of img/s by
+    more than ``threshold`` (a fraction, e.g. 0.05).
+    """
+    a = pd.DataFrame([r for r in rows_a if r.get("kind") == "measure" and r.get("status") == "ok"])
+    b = pd.DataFrame([r for r in rows_b if r.get("kind") == "measure" and r.get("status") == "ok"])
+    ids = ["variant", "task", "mode", "precision", "layout", "batch_size", "device"]
+    if a.empty or b.empty:
+        return pd.DataFrame(columns=ids)
+    joined = a.merge(b, on="key", suffixes=("_a", "_b"))
+    out = pd.DataFrame({k: joined[f"{k}_a"] for k in ids})
+    for column in COMPARED_MEASURED:
+        if f"{column}_a" not in joined or f"{column}_b" not in joined:
+            continue
+        va, vb = pd.to_numeric(joined[f"{column}_a"]), pd.to_numeric(joined[f"{column}_b"])
+        if va.isna().all() and vb.isna().all():
+            continue
+        out[f"{column}_a"], out[f"{column}_b"] = va, vb
+        out[f"{column}_ratio"] = (vb / va).where(va != 0)
+    significant = []
+    for _, row in joined.iterrows():
+        qa = _quartiles(row["block_s_a"], row["calls_per_block_a"])
+        qb = _quartiles(row["block_s_b"], row["calls_per_block_b"])
+        significant.append(bool(qa and qb and (qa[1] < qb[0] or qb[1] < qa[0])))
+    out["significant"] = significant
+    limit = threshold if threshold is not None else 0.0
+    out["regressed"] = out["significant"] & (out["img_per_s_ratio"] < 1 - limit)
+    return out.reset_index(drop=True)
+
+
+@dataclass
+class Comparison:
+    """What `compare` found: the static and measured tables, their markdown, and the regressions."""
+
+    static: pd.DataFrame
+    measured: pd.DataFrame
+    markdown: str
+    written: list[Path]
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.measured[self.measured["regressed"]] if "regressed" in self.measured else self.measured.iloc[:0]
+
+
+def _key_counts(rows_a: list[Row], rows_b: list[Row], kind: str) -> tuple[int, int]:
+    keys_a = {r["key"] for r in rows_a if r.get("kind") == kind}
+    keys_b = {r["key"] for r in rows_b if r.get("kind") == kind}
+    return len(keys_a - keys_b), len(keys_b - keys_a)
+
+
+def compare_dirs(dir_a: Path, dir_b: Path, out: Path | None = None, threshold: float | None = None) -> Comparison:
+    """Write compare.csv (static), compare_measured.csv and compare.md into ``out``."""
     rows_a, rows_b = merged_rows([dir_a]), merged_rows([dir_b])
     table = compare_frames(rows_a, rows_b)
-    only_a = len({r["key"] for r in rows_a} - {r["key"] for r in rows_b})
-    only_b = len({r["key"] for r in rows_b} - {r["key"] for r in rows_a})
+    measured = compare_measured(rows_a, rows_b, threshold)
+    only_a, only_b = _key_counts(rows_a, rows_b, "static")
     ratios = table[["variant", *[f"{c}_ratio" for c in COMPARED]]].rename(
         columns={f"{c}_ratio": f"{c} B/A" for c in COMPARED}
     )
-    markdown = "\n".join([
+    lines = [
         f"# Compare: B = {dir_b.name} over A = {dir_a.name}", "",
-        f"{len(table)} rows in both (ok in both); {only_a} only in A, {only_b} only in B.", "",
+        "## Static profile", "",
+        f"{len(table)} variants in both (ok in both); {only_a} only in A, {only_b} only in B.", "",
         ratios.to_markdown(index=False, floatfmt=".3f") if len(ratios) else "_No rows in common._", "",
-    ])
+    ]
+    if any(r.get("kind") == "measure" for r in [*rows_a, *rows_b]):
+        m_only_a, m_only_b = _key_counts(rows_a, rows_b, "measure")
+        lines += ["## Measured", "",
+                  f"{len(measured)} measurements in both (same variant, task, mode, precision, layout, batch and "
+                  f"device; ok in both); {m_only_a} only in A, {m_only_b} only in B. A ratio is *not significant* "
+                  "when the interquartile ranges of the two runs' per-call times overlap.", ""]
+        if len(measured):
+            shown = measured[["variant", "task", "mode", "precision", "layout", "batch_size"]].copy()
+            for column in COMPARED_MEASURED:
+                if f"{column}_ratio" in measured:
+                    shown[f"{column} B/A"] = measured[f"{column}_ratio"].map(
+                        lambda v: "" if pd.isna(v) else f"{v:.3f}")
+            shown["significant"] = measured["significant"].map({True: "yes", False: "no"})
+            if threshold is not None:
+                shown["regressed"] = measured["regressed"].map({True: "**yes**", False: ""})
+            lines += [_markdown(shown, text_columns=6), ""]
+        else:
+            lines += ["_No measurements in common._", ""]
+    markdown = "\n".join(lines)
     out = out or RUNS_ROOT / f"compare-{dir_a.name}-vs-{dir_b.name}"
     if out.exists() and not out.is_dir():
         raise NectarGANError(f"output folder {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "compare.csv", out / "compare.md"
     table.to_csv(csv_path, index=False)
+    written = [csv_path]
+    if len(measured):
+        measured.to_csv(out / "compare_measured.csv", index=False)
+        written.append(out / "compare_measured.csv")
     md_path.write_text(markdown, encoding="utf-8")
-    return table, markdown, [csv_path, md_path]
+    return Comparison(table, measured, markdown, [*written, md_path])

@@ -18,12 +18,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 NOISY_IQR_FRACTION = 0.10
 MIN_BLOCK_S = 0.2
 MIN_BLOCKS = 5
 MAX_CALLS_PER_BLOCK = 1_000_000
+K = TypeVar("K")
 
 
 class BlockTimer(Protocol):
@@ -110,14 +111,25 @@ def calibrate(fn: Callable[[], object], timer: BlockTimer, min_block_s: float = 
 
 
 def measure_interleaved(
-    workloads: dict[str, Callable[[], object]],
+    workloads: dict[K, Callable[[], object]],
     timer: BlockTimer,
     blocks: int = MIN_BLOCKS,
     min_block_s: float = MIN_BLOCK_S,
-) -> dict[str, Measurement]:
-    """Calibrate each warmed-up workload, then time ``blocks`` rounds of A B C ... blocks."""
-    results = {name: Measurement(calls_per_block=calibrate(fn, timer, min_block_s)) for name, fn in workloads.items()}
+    on_phase: Callable[[str, K], None] | None = None,
+) -> dict[K, Measurement]:
+    """Calibrate each warmed-up workload, then time ``blocks`` rounds of A B C ... blocks.
+
+    ``on_phase("calibrate" | "block", name)`` is called before each calibration and each timed block,
+    so a caller can tell which workload was running when something hung or crashed.
+    """
+    results: dict[K, Measurement] = {}
+    for name, fn in workloads.items():
+        if on_phase:
+            on_phase("calibrate", name)
+        results[name] = Measurement(calls_per_block=calibrate(fn, timer, min_block_s))
     for _ in range(max(1, blocks)):
         for name, fn in workloads.items():
+            if on_phase:
+                on_phase("block", name)
             results[name].block_s.append(timer.time(fn, results[name].calls_per_block))
     return results

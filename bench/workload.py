@@ -7,10 +7,14 @@ checked against eager fp32 (``max_rel_err``), and then timed interleaved (see :m
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import gc
-import resource
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +28,14 @@ from nectargan.train.config import TrainConfig
 from nectargan.train.step import make_adam
 
 WARMUP_CALLS = 3
+RSS_SAMPLE_S = 0.0005
+
+# progress(phase, config, measurements): where the child is, so a hang or crash can be attributed.
+Progress = Callable[..., None]
+
+
+def no_progress(phase: str, config: MeasureConfig | None = None, measurements: Iterable[RawMeasurement] = ()) -> None:
+    return None
 
 
 @dataclass
@@ -106,13 +118,15 @@ def _first_call(workload: Workload, device: torch.device) -> float:
 
 def measure_group(
     spec: VariantSpec, configs: list[MeasureConfig], device: torch.device, blocks: int, min_block_s: float,
+    progress: Progress = no_progress,
 ) -> list[RawMeasurement]:
     """Measure configs that differ only in mode (one group); one raw measurement per config.
 
     Each mode is built with the same weights; its first call is timed apart (the cold compile for a
     compiled mode), its output checked against eager fp32, then after warm-up all modes are timed
     interleaved. Train rows check the eval forward before any step changes the weights; infer rows
-    check the compiled forward itself at the measured shape (no recompile).
+    check the compiled forward itself at the measured shape (no recompile). ``progress`` hears every
+    phase entered, and the group's measurements at the end (phase ``done``).
     """
     if device.type == "cuda":
         set_tf32(configs[0].precision)
@@ -120,40 +134,52 @@ def measure_group(
     workloads: dict[MeasureConfig, Workload] = {}
     for cfg in configs:
         raw = raws[cfg]
+        progress("build", cfg)
         before = dynamo_counts()
         workload = build_workload(spec, cfg, device, seed=0)
         if cfg.task == "train":
+            progress("check", cfg)
             raw.max_rel_err = _rel_error(workload, spec, cfg, device, seed=0)
+        progress("first-call", cfg)
         raw.first_call_s = _first_call(workload, device)
         raw.graph_breaks = dynamo_counts()["graph_breaks"] - before["graph_breaks"]
         if cfg.task == "infer":
+            progress("check", cfg)
             raw.max_rel_err = _rel_error(workload, spec, cfg, device, seed=0)
+        progress("warmup", cfg)
         for _ in range(WARMUP_CALLS):
             workload.call()
         _sync(device)
         workloads[cfg] = workload
 
     frames_before = dynamo_counts()["frames"]
-    results = measure_interleaved({c: w.call for c, w in workloads.items()}, _timer(device), blocks, min_block_s)
+    results = measure_interleaved({c: w.call for c, w in workloads.items()}, _timer(device), blocks, min_block_s,
+                                  on_phase=progress)
     recompiles = dynamo_counts()["frames"] - frames_before
     for cfg, measurement in results.items():
         raw = raws[cfg]
         raw.block_s, raw.calls_per_block = measurement.block_s, measurement.calls_per_block
         raw.recompiles = recompiles
+        progress("memory", cfg)
         raw.peak_mem_bytes, raw.peak_reserved_bytes = _memory(workloads[cfg], device)
     workloads.clear()
     _release(device)
-    return [raws[c] for c in configs]
+    measured = [raws[c] for c in configs]
+    progress("done", None, measured)
+    return measured
 
 
-def first_calls(spec: VariantSpec, configs: list[MeasureConfig], device: torch.device) -> list[RawMeasurement]:
+def first_calls(spec: VariantSpec, configs: list[MeasureConfig], device: torch.device,
+                progress: Progress = no_progress) -> list[RawMeasurement]:
     """Only the first call of each config (the warm compile time when the Inductor cache is filled)."""
     raws = []
     for cfg in configs:
         if device.type == "cuda":
             set_tf32(cfg.precision)
+        progress("build", cfg)
         before = dynamo_counts()
         workload = build_workload(spec, cfg, device, seed=0)
+        progress("first-call", cfg)
         first = _first_call(workload, device)
         raws.append(RawMeasurement(cfg, first_call_s=first,
                                    graph_breaks=dynamo_counts()["graph_breaks"] - before["graph_breaks"]))
@@ -191,15 +217,18 @@ def _reference_output(spec: VariantSpec, cfg: MeasureConfig, device: torch.devic
     return x, out
 
 
-def _memory(workload: Workload, device: torch.device) -> tuple[int, int | None]:
-    """(peak bytes, peak reserved bytes) of one call.
+def _memory(workload: Workload, device: torch.device) -> tuple[int | None, int | None]:
+    """(peak bytes, peak reserved bytes) of one call: what the step needs.
 
     On CUDA: the call's own peak above what was allocated before it, plus the workload's persistent
-    tensors (weights, inputs, optimizer state); reserved as the caching allocator reports. On the CPU:
-    the measuring process's peak resident set (no reserved figure).
+    tensors (weights, inputs and, for training, gradients and Adam's moments); reserved as the caching
+    allocator reports. On the CPU the same definition with resident memory: freed heap is first
+    returned to the OS (``malloc_trim``), then the resident set is sampled every 0.5 ms during the call;
+    its peak above the resident set before the call, plus the persistent tensors (no reserved figure).
+    Where /proc/self/statm cannot be read the CPU figure is left empty.
     """
     if device.type != "cuda":
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, None
+        return _cpu_peak_bytes(workload), None
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
@@ -209,18 +238,75 @@ def _memory(workload: Workload, device: torch.device) -> tuple[int, int | None]:
     return peak, torch.cuda.max_memory_reserved(device)
 
 
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _malloc_trim() -> None:
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
+
+
+def _cpu_peak_bytes(workload: Workload) -> int | None:
+    gc.collect()
+    _malloc_trim()
+    base = _rss_bytes()
+    if base is None:
+        return None
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes() or 0)
+            stop.wait(RSS_SAMPLE_S)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        workload.call()
+    finally:
+        stop.set()
+        sampler.join()
+    peak[0] = max(peak[0], _rss_bytes() or 0)
+    return peak[0] - base + workload.persistent_bytes
+
+
 def matmul_ceiling(device: torch.device, precision: str, min_block_s: float = 0.2) -> float:
-    """Achieved TFLOP/s of a large square matmul in ``precision``: the device's practical ceiling."""
-    n = 8192 if device.type == "cuda" else 1024
+    """The device's practical ceiling in ``precision``: TFLOP/s of the faster of a large square matmul
+    and a large 3x3 convolution (under autocast, as the models run), timed interleaved.
+
+    The convolution matters on CPUs whose bf16 matmul is slow while oneDNN's bf16 convolutions are
+    not: a matmul alone made a bf16 model look faster than "the ceiling".
+    """
+    cuda = device.type == "cuda"
+    n = 8192 if cuda else 1024
     dtype = autocast_dtype(precision) or torch.float32
-    if device.type == "cuda":
+    if cuda:
         set_tf32(precision)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        torch.mm(a, b)
-    result = measure_interleaved({"mm": lambda: torch.mm(a, b)}, _timer(device), blocks=3, min_block_s=min_block_s)
-    return 2 * n**3 / result["mm"].median_s / 1e12
+    batch, channels, side = (64, 256, 64) if cuda else (8, 64, 32)
+    x = torch.randn(batch, channels, side, side, device=device)
+    w = torch.randn(channels, channels, 3, 3, device=device)
+
+    def conv() -> object:
+        with autocast(precision, device):
+            return torch.nn.functional.conv2d(x, w, padding=1)
+
+    work = {"mm": (lambda: torch.mm(a, b), 2 * n**3), "conv": (conv, 2 * batch * side * side * channels**2 * 9)}
+    for fn, _flops in work.values():
+        fn()
+        fn()
+    results = measure_interleaved({k: fn for k, (fn, _) in work.items()}, _timer(device), blocks=3,
+                                  min_block_s=min_block_s)
+    return max(flops / results[k].median_s / 1e12 for k, (_, flops) in work.items())
 
 
 def max_batch(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, start: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -60,11 +61,21 @@ def test_measured_sweep_rows_are_sane(tmp_path):
     assert not any(r["variant"].endswith("d2-f64-32px-b2") for r in measured)  # invalid variant not measured
     env = json.loads((out / "env.json").read_text())
     assert env["matmul_ceiling_tflops"]["cpu"]["fp32"] > 0
+    assert "fp16" not in env["matmul_ceiling_tflops"]["cpu"]  # no ceiling for a precision that cannot run
+    # memory is what the step needs (far below the ~400 MiB of the process), and training needs more
+    memory = {(r["block_type"], r["task"]): r["peak_mem_mib"] for r in ok}
+    for block in ("UnetBlock", "ResidualUnetBlock"):
+        assert 0 < memory[(block, "infer")] < memory[(block, "train")] < 100
     frame = pd.read_csv(out / "measurements.csv")
     assert {"median_ms", "iqr_ms", "min_ms", "img_per_s", "tflops", "pct_of_peak", "noisy", "peak_mem_mib",
             "compile_s", "graph_breaks", "recompiles", "max_rel_err"} <= set(frame.columns)
     report = (out / "report.md").read_text()
-    assert "## Measured" in report and "## Best configuration per variant" in report
+    assert report.startswith("# Measured sweep: g") and "## Measured" in report
+    # one configuration per variant and task: no trivial "best" table; eager fp32 only: no compile or
+    # error columns (the error of the reference against itself says nothing)
+    assert "## Best configuration" not in report
+    assert "compile s" not in report and "max rel err" not in report
+    assert "\n\n![throughput_vs_gflops](throughput_vs_gflops.png)" in report  # not glued to the table
     assert (out / "throughput_vs_gflops.png").exists()
 
 
@@ -79,24 +90,40 @@ def test_out_of_memory_in_the_child_is_a_row_and_the_sweep_goes_on(tmp_path, fau
     assert all("injected out-of-memory" in r["reason"] for r in measured if r["status"] == "oom")
 
 
-def test_a_hanging_and_a_crashing_child_are_recorded(tmp_path, fault_child):
-    fault_child({"crash": "-f4-", "hang": "-f6-"})
+def test_a_crash_or_hang_costs_only_its_own_configuration(tmp_path, fault_child, monkeypatch):
+    import bench.launcher
+
+    fault_child({"abort": {"name": "-f4-", "layout": "channels_last"},
+                 "hang_in_blocks": {"name": "-f6-", "layout": "channels_last"},
+                 "hang": {"name": "-f8-", "layout": "channels_last"}})
+    started = []
+    child = bench.launcher._Child
+    monkeypatch.setattr(bench.launcher, "_Child", lambda env: started.append(1) or child(env))
     text = """
 [grid]
 n_downs = [3]
-features = [4, 6, 8]
+features = [4, 6, 8, 10]
 input_size = [32]
 batch_size = [2]
 [measure]
 task = ["infer"]
 mode = ["eager"]
+layout = ["nchw", "channels_last"]
 """
-    code, out = _sweep(tmp_path, text, "--timeout", "20")
+    code, out = _sweep(tmp_path, text, "--timeout", "10", "--block-timeout", "3")
     assert code == 1  # failed rows make the sweep exit non-zero, after finishing the others
-    measured = {r["features"]: r for r in _rows(out) if r["kind"] == "measure"}
-    assert measured[4]["status"] == "error" and "exited with code 3" in measured[4]["reason"]
-    assert measured[6]["status"] == "timeout" and "no answer within 20 s" in measured[6]["reason"]
-    assert measured[8]["status"] == "ok"
+    rows = {(r["features"], r["layout"]): r for r in _rows(out) if r["kind"] == "measure"}
+    crashed, stuck, hung = rows[(4, "channels_last")], rows[(6, "channels_last")], rows[(8, "channels_last")]
+    assert crashed["status"] == "error"
+    assert "died of signal SIGABRT (double free or corruption (out)) in phase 'build'" in crashed["reason"]
+    assert stuck["status"] == "timeout" and "no progress for 3 s in phase" in stuck["reason"]
+    assert "of infer/eager/fp32/channels_last" in stuck["reason"]
+    assert hung["status"] == "timeout" and "no progress for 10 s in phase 'build'" in hung["reason"]
+    # every other configuration, siblings of the failures included, was measured
+    assert all(rows[(f, "nchw")]["status"] == "ok" for f in (4, 6, 8, 10))
+    assert rows[(10, "channels_last")]["status"] == "ok"
+    # one child for the ceiling and the healthy variants, one more after each failure
+    assert len(started) == 4
 
 
 def test_compiled_rows_have_compile_figures(tmp_path):
@@ -167,3 +194,43 @@ mode = ["eager"]
     (row,) = [r for r in _rows(out) if r["kind"] == "measure"]
     assert row["status"] == "ok" and row["batch_size"] == 2  # the requested batch is kept
     assert row["max_batch"] == 4  # 32 -> 16 -> 8 -> 4 fits under the injected limit of 5
+
+
+def test_percent_of_peak_is_never_above_100():
+    from bench.records import MeasureConfig, RawMeasurement, measured_figures
+
+    raw = RawMeasurement(MeasureConfig("infer", "eager", "bf16", "nchw", 2), block_s=[0.1, 0.1, 0.1],
+                         calls_per_block=10)
+    fast = measured_figures(raw, flops_per_image=10**9, ceiling_tflops=1.0)  # 0.2 TFLOP/s achieved
+    assert fast["pct_of_peak"] == pytest.approx(20.0) and fast["above_ceiling"] is False
+    slow_ceiling = measured_figures(raw, flops_per_image=10**9, ceiling_tflops=0.0009)
+    assert slow_ceiling["pct_of_peak"] is None and slow_ceiling["above_ceiling"] is True
+
+
+def _measured_run(directory: Path, per_call_s: list[float]) -> None:
+    from bench.store import JsonlStore
+
+    row = {"kind": "measure", "status": "ok", "key": "measure|v|infer|eager|fp32|nchw|cpu", "variant": "v",
+           "task": "infer", "mode": "eager", "precision": "fp32", "layout": "nchw", "batch_size": 2,
+           "device": "cpu", "calls_per_block": 10, "block_s": [10 * t for t in per_call_s]}
+    median = sorted(per_call_s)[len(per_call_s) // 2]
+    JsonlStore(directory).append(row | {"median_ms": median * 1e3, "img_per_s": 2 / median})
+
+
+@pytest.mark.parametrize(("after", "code", "verdict"), [
+    ([0.0102, 0.0101, 0.0103, 0.0100, 0.0104], 0, r"\|\s+no\s+\|\s+\|"),  # within the noise: not significant
+    ([0.0150, 0.0152, 0.0149, 0.0151, 0.0153], 1, r"\|\s+yes\s+\|\s+\*\*yes\*\*"),  # a third slower
+])
+def test_compare_measured_rows_with_a_threshold(tmp_path, capsys, after, code, verdict):
+    before = [0.0100, 0.0101, 0.0099, 0.0102, 0.0100]
+    _measured_run(tmp_path / "a", before)
+    _measured_run(tmp_path / "b", after)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c"),
+                 "--threshold", "0.05"]) == code
+    captured = capsys.readouterr()
+    assert "## Measured" in captured.out and "1 measurements in both" in captured.out
+    assert "img_per_s B/A" in captured.out and re.search(verdict, captured.out)
+    if code:
+        assert "1 measurement(s) regressed by more than 5% in img/s" in captured.err
+    table = pd.read_csv(tmp_path / "c" / "compare_measured.csv")
+    assert table.loc[0, "img_per_s_ratio"] == pytest.approx(0.0100 / sorted(after)[2], rel=1e-6)
