@@ -9,6 +9,8 @@ device: :class:`StaticPlan` profiles it (one ``static`` row); the measured plan
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,12 +21,13 @@ from typing import Protocol
 from bench.env import ENV_FILE, collect_env, read_env, write_json_atomic
 from bench.grid import Grid, shard
 from bench.profile import profile_static
-from bench.store import JsonlStore, Row, new_run_dir
+from bench.store import RESULTS_FILE, JsonlStore, Row, new_run_dir
 from bench.variant import VariantSpec
 from nectargan.errors import NectarGANError
 
 SCHEMA_VERSION = 1
 STATIC_KIND = "static"
+LOCK_FILE = ".lock"
 
 
 def static_key(spec: VariantSpec) -> str:
@@ -110,17 +113,73 @@ def default_out_dir(grid: Grid, shard_spec: tuple[int, int] | None = None) -> Pa
     return new_run_dir(f"{grid.name}{suffix}")
 
 
+class RunLock:
+    """An exclusive lock on a run folder (``flock`` on ``DIR/.lock``), held for a whole sweep.
+
+    The kernel drops it when the holder exits, even by SIGKILL, so a killed sweep never leaves a stale
+    lock; the file itself stays (it holds the last holder's PID). A context manager; ``release`` is
+    idempotent.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / LOCK_FILE
+        directory.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self._fd, 32).decode(errors="replace").strip()
+            self.release()
+            pid = f" (PID {holder})" if holder.isdigit() else ""
+            raise NectarGANError(
+                f"{directory} is in use by another sweep{pid}; wait for it to finish, or choose another output "
+                "folder"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def prepare_run_dir(
     directory: Path, grid: Grid, resume: bool, shard_spec: tuple[int, int] | None, command: str | None = None
+) -> RunLock:
+    """Lock the folder (:class:`RunLock`), refuse to mix runs by accident, write or extend env.json.
+
+    Returns the held lock: the caller keeps it for the whole run (``with prepare_run_dir(...):``).
+    """
+    if directory.exists() and not directory.is_dir():
+        raise NectarGANError(f"output folder {directory} exists and is not a folder")
+    if resume and not (JsonlStore(directory).exists() or (directory / ENV_FILE).is_file()):
+        what = "does not exist" if not directory.exists() else f"holds no sweep (no {RESULTS_FILE} or {ENV_FILE})"
+        raise NectarGANError(f"nothing to resume in {directory}: it {what}; leave out --resume to start a new run")
+    lock = RunLock(directory)
+    try:
+        _check_and_record(directory, grid, resume, shard_spec, command)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_and_record(
+    directory: Path, grid: Grid, resume: bool, shard_spec: tuple[int, int] | None, command: str | None
 ) -> None:
-    """Refuse to mix runs by accident; write or extend env.json."""
     store = JsonlStore(directory)
     if store.exists() and not resume:
         raise NectarGANError(
             f"{directory} already holds results; resume that run or choose another output folder"
         )
-    if directory.exists() and not directory.is_dir():
-        raise NectarGANError(f"output folder {directory} exists and is not a folder")
     env = read_env(directory)
     now = collect_env(grid.source, grid.sha256, command)
     now["shard"] = f"{shard_spec[0]}/{shard_spec[1]}" if shard_spec else None
@@ -177,42 +236,42 @@ def run_sweep(
     """
     variants = select_variants(grid, shard_spec)
     devices = plan.devices()
-    prepare_run_dir(directory, grid, resume, shard_spec, command)
-    store = JsonlStore(directory)
-    done = store.keys()
-    plan.start(directory, store)
-    todo = [spec for spec in variants if not plan.keys(spec) <= done]
-    result = SweepResult(directory, planned=len(variants), skipped=len(variants) - len(todo))
-    if on_start:
-        on_start(len(todo))
-    lock = threading.Lock()
-    queue = list(todo)
+    with prepare_run_dir(directory, grid, resume, shard_spec, command):  # DIR/.lock, held until the end
+        store = JsonlStore(directory)
+        done = store.keys()
+        plan.start(directory, store)
+        todo = [spec for spec in variants if not plan.keys(spec) <= done]
+        result = SweepResult(directory, planned=len(variants), skipped=len(variants) - len(todo))
+        if on_start:
+            on_start(len(todo))
+        lock = threading.Lock()
+        queue = list(todo)
 
-    def record(spec: VariantSpec, rows: list[Row]) -> None:
-        with lock:
-            for row in rows:
-                if row["key"] in done:
-                    continue
-                store.append(row)
-                done.add(row["key"])
-                result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
-            if on_variant:
-                on_variant(spec, rows)
-
-    def worker(device: str) -> None:
-        while True:
+        def record(spec: VariantSpec, rows: list[Row]) -> None:
             with lock:
-                if not queue:
-                    return
-                spec = queue.pop(0)
-            record(spec, plan.rows(spec, device, done, store))
+                for row in rows:
+                    if row["key"] in done:
+                        continue
+                    store.append(row)
+                    done.add(row["key"])
+                    result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
+                if on_variant:
+                    on_variant(spec, rows)
 
-    if len(devices) == 1:
-        worker(devices[0])
-    else:
-        threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    return result
+        def worker(device: str) -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    spec = queue.pop(0)
+                record(spec, plan.rows(spec, device, done, store))
+
+        if len(devices) == 1:
+            worker(devices[0])
+        else:
+            threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        return result

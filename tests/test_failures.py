@@ -1,0 +1,107 @@
+"""What a new user runs into (issue 12): busy run folders, failed or interrupted training, huge variants,
+bad measure options, and the small things at the edges of the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli import main
+from nectargan.errors import NectarGANError
+from nectargan.train import TrainConfig
+
+TINY = {"n_downs": 3, "features": 4, "input_size": 32}
+TRAIN_ARGS = ["--input-size", "32", "--n-downs", "3", "--features", "4", "--batch-size", "2", "-q"]
+
+
+def _grid(tmp_path: Path, text: str, name: str = "g") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def _rows(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines() if line]
+
+
+def _one_line(err: str) -> str:
+    err = err.strip()
+    assert err.count("\n") == 0, err
+    assert "Traceback" not in err
+    return err
+
+
+def _config(data, out=None, **overrides) -> TrainConfig:
+    base = {"data": str(data), "out": str(out) if out else None, "generator": dict(TINY), "d_features": 4,
+            "batch_size": 2, "steps": 6, "eval_every": 0, "log_every": 2, "seed": 0, "num_workers": 0}
+    return TrainConfig(**(base | overrides))
+
+
+# 6. Two sweeps into one folder --------------------------------------------------------------------------
+
+GATED = """
+import os, sys, time, bench.sweep as s
+profile, calls = s.static_row, []
+def gated(spec):  # the first variant at once, the others once the test says go
+    calls.append(spec)
+    if len(calls) > 1:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.environ["GO"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return profile(spec)
+s.static_row = gated
+from cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_second_sweep_into_a_busy_folder_fails_at_once(tmp_path, capsys):
+    grid = str(_grid(tmp_path, "[grid]\nn_downs = [3]\nfeatures = [2, 4, 6]\ninput_size = [32]\n"))
+    out, go = tmp_path / "run", tmp_path / "go"
+    args = ["sweep", grid, "--static-only", "--out", str(out), "-q"]
+    first = subprocess.Popen([sys.executable, "-c", GATED, *args], env=os.environ | {"GO": str(go)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "results.jsonl").exists() and _rows(out)):
+            assert first.poll() is None, first.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for extra in ([], ["--resume"]):
+            assert main([*args, *extra]) == 1
+            err = _one_line(capsys.readouterr().err)
+            assert "in use by another sweep" in err and f"PID {first.pid}" in err and str(out) in err
+    finally:
+        go.touch()
+        first.wait(timeout=120)
+    assert first.returncode == 0, first.stderr.read().decode()
+    keys = [r["key"] for r in _rows(out)]
+    assert len(keys) == len(set(keys)) == 3
+    assert main([*args, "--resume"]) == 0  # the lock went with the first sweep
+    assert len(_rows(out)) == 3
+
+
+def test_the_run_folder_lock_is_exclusive_and_released(tmp_path):
+    from bench.grid import parse_grid
+    from bench.sweep import prepare_run_dir
+
+    grid = parse_grid("[grid]\nn_downs = [3]\n")
+    first = prepare_run_dir(tmp_path / "run", grid, resume=False, shard_spec=None)
+    with first, pytest.raises(NectarGANError, match=rf"in use by another sweep \(PID {os.getpid()}\)"):
+        prepare_run_dir(tmp_path / "run", grid, resume=True, shard_spec=None)
+    with prepare_run_dir(tmp_path / "run", grid, resume=True, shard_spec=None):
+        pass
+
+
+def test_resume_of_a_missing_folder_is_refused(tmp_path, capsys):
+    missing = tmp_path / "missing"
+    assert main(["sweep", "smoke", "--static-only", "--out", str(missing), "--resume", "-q"]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert f"nothing to resume in {missing}" in err
+    assert not missing.exists()
