@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -64,7 +65,11 @@ class VariantSpec:
         }
 
     def invalid_reason(self) -> str | None:
-        """The model's own message when it rejects this variant, else None."""
+        """Why this variant cannot be profiled here, else None: the model's own message when it rejects
+        the arguments, or :meth:`resource_reason` when its weights alone exceed this machine's memory."""
+        return self._arguments_reason() or self.resource_reason()
+
+    def _arguments_reason(self) -> str | None:
         from nectargan.models.unet.model import validate_generator_args
 
         try:
@@ -75,17 +80,49 @@ class VariantSpec:
             return f"batch_size={self.batch_size!r} is not valid: it must be an integer >= 1"
         return None
 
+    def param_count(self) -> int:
+        """The generator's parameters, counted on the meta device (nothing is allocated; cached)."""
+        from nectargan.models.unet.blocks import get_block
+
+        return _param_count(self, get_block(self.block_type))
+
+    def resource_reason(self, use: str = "weights") -> str | None:
+        """Why this machine cannot hold the variant's fp32 ``weights`` (or ``"training"``: x4 for the
+        gradients and Adam's moments), with the parameter count and the GiB needed and available; else
+        None. A block that cannot even be built on the meta device is left to fail where it is used."""
+        from nectargan.train.config import memory_reason
+
+        try:
+            params = self.param_count()
+        except Exception:
+            return None
+        return memory_reason(self.name, params, use)
+
     def build(self, device: Any = None):
-        """Construct the generator (on ``device``, e.g. ``'meta'`` for shape-only work)."""
+        """Construct the generator (on ``device``, e.g. ``'meta'`` for shape-only work).
+
+        Raises :class:`NectarGANError` for an invalid variant; off the meta device also for one whose
+        weights this machine cannot hold (:meth:`resource_reason`).
+        """
+        meta = str(device) == "meta"
+        reason = self._arguments_reason() or (None if meta else self.resource_reason())
+        if reason is not None:
+            raise NectarGANError(reason)
+        return self.build_unchecked(device)
+
+    def build_unchecked(self, device: Any = None):
+        """Construct the generator without this spec's checks (the model still validates its arguments)."""
         import torch
 
         from nectargan.models.unet.model import UnetGenerator
 
-        reason = self.invalid_reason()
-        if reason is not None:
-            raise NectarGANError(reason)
         with torch.device(device or "cpu"):
             return UnetGenerator(**self.model_kwargs())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@functools.lru_cache(maxsize=4096)
+def _param_count(spec: VariantSpec, block: type) -> int:  # the block class too: a name can be re-registered
+    return sum(p.numel() for p in spec.build_unchecked(device="meta").parameters())

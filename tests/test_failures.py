@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.variant import VariantSpec
 from cli import main
 from nectargan.errors import NectarGANError
 from nectargan.train import TrainConfig
+from nectargan.train import config as config_module
 
 TINY = {"n_downs": 3, "features": 4, "input_size": 32}
 TRAIN_ARGS = ["--input-size", "32", "--n-downs", "3", "--features", "4", "--batch-size", "2", "-q"]
@@ -105,3 +107,42 @@ def test_resume_of_a_missing_folder_is_refused(tmp_path, capsys):
     err = _one_line(capsys.readouterr().err)
     assert f"nothing to resume in {missing}" in err
     assert not missing.exists()
+
+
+# 9. Variants too large for the machine ------------------------------------------------------------------
+
+def test_param_count_on_meta_and_the_memory_reason():
+    huge = VariantSpec(features=100000)
+    assert huge.param_count() == 132_800_015_300_003  # counted without allocating anything
+    reason = huge.resource_reason()
+    assert "132,800,015,300,003 parameters" in reason and "GiB" in reason
+    assert f"{config_module.host_memory_bytes() / 2**30:,.1f} GiB" in reason
+    assert huge.invalid_reason() == reason
+    assert VariantSpec(**TINY).resource_reason() is None
+
+
+def test_profile_of_a_huge_variant_is_one_line(capsys):
+    started = time.perf_counter()
+    assert main(["profile", "--features", "100000"]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert "132,800,015,300,003 parameters" in err and "GiB" in err
+    assert time.perf_counter() - started < 5
+
+
+def test_a_huge_variant_is_an_invalid_sweep_row(tmp_path):
+    grid = _grid(tmp_path, "[grid]\nn_downs = [3]\nfeatures = [4, 100000]\ninput_size = [32]\n")
+    out = tmp_path / "run"
+    assert main(["sweep", str(grid), "--static-only", "--out", str(out), "-q"]) == 0
+    rows = {r["features"]: r for r in _rows(out)}
+    assert rows[4]["status"] == "ok"
+    assert rows[100000]["status"] == "invalid"
+    assert "parameters" in rows[100000]["reason"] and rows[100000]["reason"].count("GiB") == 2
+
+
+def test_train_of_a_huge_variant_is_one_line(sample_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(sample_dataset), "--out", str(out), "--steps", "1",
+                 "--features", "100000", "--input-size", "64", "--n-downs", "3"]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert "parameters" in err and "GiB" in err
+    assert not out.exists()

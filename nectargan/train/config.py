@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +14,10 @@ from nectargan import runtime
 from nectargan.errors import InvalidArgumentError
 
 PRECISIONS = ("auto", *runtime.PRECISIONS)
+BYTES_PER_FP32 = 4
+# fp32 copies of each parameter: a forward needs the weights; training also gradients and Adam's two moments.
+WEIGHT_COPIES = {"weights": 1, "training": 4}
+_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 
 
 @dataclass
@@ -132,3 +138,46 @@ def resolve(config: TrainConfig) -> Resolved:
         channels_last=cuda if config.channels_last is None else config.channels_last,
         compile=cuda if config.compile is None else config.compile,
     )
+
+
+def host_memory_bytes() -> int:
+    """This machine's memory: the physical RAM, or the cgroup's limit when that is lower (a container)."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in _CGROUP_LIMITS:
+        try:
+            limit = int(path.read_text().strip())
+        except (OSError, ValueError):  # absent, or "max" (no limit)
+            continue
+        total = min(total, limit)
+    return total
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Memory of ``device``: the GPU's total memory for CUDA, the host's otherwise."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return host_memory_bytes()
+
+
+def gib(n_bytes: float) -> str:
+    """``n_bytes`` in GiB, readable at any size (``0.00391 GiB``, ``23.5 GiB``, ``494,718.6 GiB``)."""
+    value = n_bytes / 2**30
+    return f"{value:,.1f} GiB" if value >= 1 else f"{value:.3g} GiB"
+
+
+def memory_reason(what: str, params: int, use: str = "weights", device: torch.device | None = None) -> str | None:
+    """Why ``params`` fp32 parameters cannot be held for ``use`` on ``device`` (default: this machine), or None.
+
+    ``use`` is ``"weights"`` (a forward: the weights alone) or ``"training"`` (weights, gradients and
+    Adam's two moments: 4 copies). Activations come on top, so passing this check is necessary, not
+    sufficient; it exists to refuse, with the figures, what could never fit before allocating it.
+    """
+    copies = WEIGHT_COPIES[use]
+    needed = params * BYTES_PER_FP32 * copies
+    where = "this machine" if device is None or device.type != "cuda" else str(device)
+    available = host_memory_bytes() if device is None else device_memory_bytes(device)
+    if needed <= available:
+        return None
+    held = "of fp32 weights" if copies == 1 else "for fp32 weights, gradients and 2 Adam moments (4 copies)"
+    return (f"{what}: {params:,} parameters need {gib(needed)} {held}, more than the {gib(available)} of "
+            f"memory {where} has")
