@@ -117,6 +117,10 @@ def train(
     progress = _TrainProgress(config, quiet)
     try:
         summary = fit(config, callbacks=[progress])
+    except KeyboardInterrupt as exc:
+        progress.bar.stop()
+        stderr.print(_interrupted(exc, out, steps), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     finally:
         progress.bar.stop()
     stderr.print(
@@ -125,6 +129,22 @@ def train(
         f"val L1 {summary['initial_val_l1']:.4f} -> {summary['val_l1']:.4f}, PSNR {summary['val_psnr']:.2f} dB, "
         f"SSIM {summary['val_ssim']:.3f}. Wrote {out}", highlight=False, soft_wrap=True,
     )
+
+
+def _interrupted(exc: KeyboardInterrupt, out: Path, steps: int | None) -> str:
+    """The one line after Ctrl-C: what was kept, and that a new run needs a new --out."""
+    from nectargan.train import TrainingInterrupted
+
+    if not isinstance(exc, TrainingInterrupted):
+        if (out / "metrics.csv").exists():
+            return f"Interrupted. {out} holds a partial run; to train again, use a new --out"
+        return f"Interrupted before training started; nothing was written to {out}"
+    if exc.step == 0:
+        return (f"Interrupted before the first step; nothing was kept in {out}. Run the same command again to "
+                "start over")
+    of = f" of {steps}" if steps is not None else ""
+    return (f"Interrupted at step {exc.step}{of}. Kept {', '.join(exc.kept)} in {out} (summary.json says "
+            "interrupted). Training does not resume: to train again, use a new --out")
 
 
 class _TrainProgress:

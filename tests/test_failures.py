@@ -14,9 +14,10 @@ import pytest
 
 from bench.variant import VariantSpec
 from cli import main
-from nectargan.errors import NectarGANError
-from nectargan.train import TrainConfig
+from nectargan.errors import InvalidArgumentError, NectarGANError
+from nectargan.train import TrainConfig, fit
 from nectargan.train import config as config_module
+from nectargan.train import step as step_module
 
 TINY = {"n_downs": 3, "features": 4, "input_size": 32}
 TRAIN_ARGS = ["--input-size", "32", "--n-downs", "3", "--features", "4", "--batch-size", "2", "-q"]
@@ -146,3 +147,139 @@ def test_train_of_a_huge_variant_is_one_line(sample_dataset, tmp_path, capsys):
     err = _one_line(capsys.readouterr().err)
     assert "parameters" in err and "GiB" in err
     assert not out.exists()
+
+
+# 7. Failures before the first step leave nothing that blocks a retry ------------------------------------
+
+def test_d_layers_too_deep_for_the_image_is_checked_before_the_folder(sample_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(sample_dataset), "--out", str(out), "--steps", "1", *TRAIN_ARGS]
+    assert main([*args, "--d-layers", "5"]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert "d_layers=5" in err and "input_size=32" in err and "d_layers <= 4" in err
+    assert not out.exists()
+    assert main([*args, "--d-layers", "4"]) == 0  # the largest that fits, and the retry is not blocked
+    assert (out / "netG.pth.tar").exists()
+
+
+def test_batch_larger_than_the_split_leaves_no_folder(sample_dataset, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="batch_size=500 is larger than the training split"):
+        fit(_config(sample_dataset, tmp_path / "run", batch_size=500))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failing_first_step_removes_what_it_created(sample_dataset, tmp_path, monkeypatch):
+    def boom(self, x, y):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(step_module.Pix2PixStep, "__call__", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            fit(_config(sample_dataset, tmp_path / "new"))
+        kept = tmp_path / "mine"
+        (kept / "notes").mkdir(parents=True)  # a folder the user made: kept, with what they put in it
+        with pytest.raises(RuntimeError, match="boom"):
+            fit(_config(sample_dataset, kept))
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in kept.iterdir()) == ["notes"]
+    assert fit(_config(sample_dataset, tmp_path / "new", steps=1))["steps"] == 1  # the retry runs
+
+
+def test_training_needs_four_copies_of_the_weights(sample_dataset, tmp_path, monkeypatch):
+    from nectargan.models import UnetGenerator
+    from nectargan.models.patchgan.model import Discriminator
+
+    params = sum(p.numel() for m in (UnetGenerator(**TINY), Discriminator(3, 4, 3)) for p in m.parameters())
+    monkeypatch.setattr(config_module, "host_memory_bytes", lambda: params * 4 * 2)  # weights fit, training not
+    assert VariantSpec(**TINY).resource_reason() is None
+    with pytest.raises(InvalidArgumentError, match=rf"{params:,} parameters.*Adam") as info:
+        fit(_config(sample_dataset, tmp_path / "run"))
+    assert "GiB" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+# 10. Ctrl-C during training -----------------------------------------------------------------------------
+
+class _InterruptAt:
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_log(self, record):
+        if record["step"] >= self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_a_summary(sample_dataset, tmp_path):
+    from nectargan.models import load_discriminator, load_generator
+    from nectargan.train import TrainingInterrupted
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt) as info:
+        fit(_config(sample_dataset, out, steps=20), callbacks=[_InterruptAt(4)])
+    assert isinstance(info.value, TrainingInterrupted) and info.value.step == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["steps"] == 4
+    assert load_generator(out / "netG.pth.tar", input_size=32).features == 4
+    assert load_discriminator(out / "netD.pth.tar").n_layers == 3
+    assert {"netG.pth.tar", "netD.pth.tar", "summary.json", "metrics.csv"} <= set(info.value.kept)
+    with pytest.raises(InvalidArgumentError, match=r"interrupted at step 4.*new folder"):
+        fit(_config(sample_dataset, out))
+
+
+def test_ctrl_c_before_the_first_step_keeps_nothing(sample_dataset, tmp_path):
+    class Early:
+        def on_eval(self, record):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        fit(_config(sample_dataset, tmp_path / "run"), callbacks=[Early()])
+    assert info.value.step == 0 and info.value.kept == []
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_in_the_train_command(sample_dataset, tmp_path, capsys, monkeypatch):
+    from cli import train as train_cli
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(sample_dataset), "--out", str(out), "--steps", "20", "--log-every", "2",
+            *TRAIN_ARGS]
+    def interrupt(self, record):
+        if record["step"] >= 4:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_cli._TrainProgress, "on_log", interrupt)
+        assert main(args) == 130
+    err = _one_line(capsys.readouterr().err)
+    assert "step 4" in err and "netG.pth.tar" in err and str(out) in err and "new --out" in err
+    assert json.loads((out / "summary.json").read_text())["interrupted"]
+    assert main(args) == 1  # the same command again: told why, in one line
+    err = _one_line(capsys.readouterr().err)
+    assert "interrupted at step 4" in err and "new" in err
+
+
+def test_ctrl_c_from_anywhere_in_train_is_one_line(tmp_path, capsys, monkeypatch):
+    import nectargan.train
+
+    def interrupted(config, callbacks=()):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nectargan.train, "fit", interrupted)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--steps", "1", *TRAIN_ARGS]) == 130
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("Interrupted") and str(tmp_path / "run") in err
+
+
+# Callbacks ----------------------------------------------------------------------------------------------
+
+def test_a_plain_function_is_a_callback_for_every_event(sample_dataset):
+    seen = []
+    fit(_config(sample_dataset, steps=2), callbacks=[lambda event, payload: seen.append((event, payload.get("step")))])
+    assert [e for e, _ in seen] == ["on_eval", "on_log", "on_eval", "on_end"]
+    assert seen[1] == ("on_log", 2)
+
+
+def test_a_callback_with_nothing_to_call_is_refused(sample_dataset, tmp_path):
+    with pytest.raises(InvalidArgumentError, match=r"callbacks\[0\].*on_log, on_eval or on_end"):
+        fit(_config(sample_dataset, tmp_path / "run"), callbacks=[42])
+    assert not (tmp_path / "run").exists()

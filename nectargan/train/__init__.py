@@ -2,10 +2,10 @@
 
 from nectargan.runtime import resolve_device
 from nectargan.train.config import TrainConfig, resolve
-from nectargan.train.loop import METRIC_COLUMNS, NonFiniteLossError, evaluate, fit
+from nectargan.train.loop import METRIC_COLUMNS, NonFiniteLossError, TrainingInterrupted, evaluate, fit
 from nectargan.train.step import Pix2PixStep
 
 __all__ = [
-    "METRIC_COLUMNS", "NonFiniteLossError", "Pix2PixStep", "TrainConfig", "evaluate", "fit", "resolve",
-    "resolve_device",
+    "METRIC_COLUMNS", "NonFiniteLossError", "Pix2PixStep", "TrainConfig", "TrainingInterrupted", "evaluate", "fit",
+    "resolve", "resolve_device",
 ]

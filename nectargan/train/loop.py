@@ -3,6 +3,11 @@
 The loop emits events to callbacks (``on_log``, ``on_eval``, ``on_end``, each taking a dict); the
 CLI's progress bar and the Optuna trials subscribe to them. An exception raised by a callback (for
 example Optuna's ``TrialPruned``) stops training and propagates to the caller.
+
+Everything that can be checked is checked before the run folder is touched (settings, the models on
+the meta device, memory, data); a failure before the first step completes removes what it created,
+so the same command can simply be run again. Ctrl-C after that keeps the run: the checkpoints and a
+``summary.json`` marked ``interrupted`` (see :class:`TrainingInterrupted`).
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import csv
 import json
 import math
 import random
+import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +33,7 @@ from nectargan.models.checkpoint import save_checkpoint
 from nectargan.models.patchgan.model import Discriminator
 from nectargan.models.unet.model import UnetGenerator
 from nectargan.runtime import dynamo_counts, set_tf32
-from nectargan.train.config import Resolved, TrainConfig, resolve
+from nectargan.train.config import Resolved, TrainConfig, memory_reason, resolve
 from nectargan.train.step import Pix2PixStep
 
 METRIC_COLUMNS = [
@@ -37,7 +43,16 @@ WARMUP_STEPS = 3
 CPU_PRELOAD_BYTES = 2 * 2**30
 
 
+EVENTS = ("on_log", "on_eval", "on_end")
+
+
 class Callback(Protocol):
+    """A callback object; any of the three methods may be left out.
+
+    A plain function ``f(event, payload)`` is also a callback: it receives every event, ``event``
+    being ``'on_log'``, ``'on_eval'`` or ``'on_end'`` and ``payload`` the same dict.
+    """
+
     def on_log(self, record: dict[str, Any]) -> None: ...
     def on_eval(self, record: dict[str, Any]) -> None: ...
     def on_end(self, summary: dict[str, Any]) -> None: ...
@@ -47,17 +62,56 @@ class NonFiniteLossError(NectarGANError):
     """A loss became NaN or infinite."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`fit`, raised once what could be kept is on disk (still a KeyboardInterrupt).
+
+    Attributes:
+        out: The run folder (None without one).
+        step: Steps completed.
+        kept: Names of the files in ``out`` that were kept: the checkpoints, metrics.csv, samples and
+            a summary.json with ``interrupted: true``. Empty when the interrupt came before the first
+            step; then what ``fit`` had created was removed.
+    """
+
+    def __init__(self, out: Path | None, step: int, kept: list[str]) -> None:
+        super().__init__(f"training interrupted at step {step}")
+        self.out = out
+        self.step = step
+        self.kept = kept
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def _emit(callbacks: Sequence[Any], event: str, payload: dict[str, Any]) -> None:
-    for callback in callbacks:
-        handler = getattr(callback, event, None)
-        if handler is not None:
-            handler(payload)
+Handler = Callable[[str, dict[str, Any]], None]
+
+
+def _handlers(callbacks: Sequence[Any]) -> list[Handler]:
+    """Each callback as ``handler(event, payload)``: an object's methods, or a plain function itself."""
+    handlers: list[Handler] = []
+    for i, callback in enumerate(callbacks):
+        if any(callable(getattr(callback, event, None)) for event in EVENTS):
+            handlers.append(lambda event, payload, c=callback: getattr(c, event, _ignore)(payload))
+        elif callable(callback):
+            handlers.append(callback)
+        else:
+            raise InvalidArgumentError(
+                f"callbacks[{i}]={callback!r} is not a callback: give an object with any of the methods "
+                "on_log, on_eval or on_end (each taking a dict), or a function taking (event, payload)"
+            )
+    return handlers
+
+
+def _ignore(payload: dict[str, Any]) -> None:
+    return None
+
+
+def _emit(handlers: Sequence[Handler], event: str, payload: dict[str, Any]) -> None:
+    for handler in handlers:
+        handler(event, payload)
 
 
 def _should_preload(dataset: PairedImageDataset, run: Resolved, wanted: bool | None) -> bool:
@@ -94,12 +148,52 @@ def _batches(
             epoch += 1
 
 
+def _discriminator(config: TrainConfig, generator: UnetGenerator, n_layers: int | None = None) -> Discriminator:
+    return Discriminator(
+        in_channels=generator.in_channels, base_channels=config.d_features,
+        n_layers=config.d_layers if n_layers is None else n_layers, target_channels=generator.out_channels,
+    )
+
+
+def check_models(config: TrainConfig, run: Resolved) -> None:
+    """Build G and D on the meta device (nothing allocated) and check what would fail later.
+
+    The generator's arguments; ``d_layers`` against the image size (each PatchGAN layer but the last
+    two halves the image, and at least one patch must remain: at most 4 layers at 32 px, 5 at 64, 7
+    at 256); and memory: fp32 weights, gradients and two Adam moments of both networks must fit on the
+    device (:func:`~nectargan.train.config.memory_reason`).
+    """
+    with torch.device("meta"):
+        generator = UnetGenerator(**config.generator)
+        discriminator = _discriminator(config, generator)
+        size = generator.input_size
+        try:
+            discriminator.output_size(size)
+        except InvalidArgumentError:
+            fits = [n for n in range(1, config.d_layers) if _leaves_a_patch(_discriminator(config, generator, n), size)]
+            hint = f"use d_layers <= {fits[-1]} at this size, or a larger input_size" if fits else (
+                "use a larger input_size")
+            raise InvalidArgumentError(
+                f"d_layers={config.d_layers} is too deep for input_size={size}: the PatchGAN discriminator's "
+                f"downsamplings would leave no patch; {hint}"
+            ) from None
+    params = sum(p.numel() for model in (generator, discriminator) for p in model.parameters())
+    reason = memory_reason("the generator and discriminator", params, "training", run.device)
+    if reason is not None:
+        raise InvalidArgumentError(reason)
+
+
+def _leaves_a_patch(discriminator: Discriminator, size: int) -> bool:
+    try:
+        discriminator.output_size(size)
+    except InvalidArgumentError:
+        return False
+    return True
+
+
 def build_models(config: TrainConfig, run: Resolved) -> tuple[UnetGenerator, Discriminator]:
     generator = UnetGenerator(**config.generator)
-    discriminator = Discriminator(
-        in_channels=generator.in_channels, base_channels=config.d_features, n_layers=config.d_layers,
-        target_channels=generator.out_channels,
-    )
+    discriminator = _discriminator(config, generator)
     memory_format = torch.channels_last if run.channels_last else torch.preserve_format
     generator.to(run.device, memory_format=memory_format)
     discriminator.to(run.device, memory_format=memory_format)
@@ -170,19 +264,27 @@ def _fmt(value: Any) -> Any:
 def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train G and D under ``config``; return a summary (also written to ``out/summary.json``).
 
+    ``callbacks``: objects with any of ``on_log(record)``, ``on_eval(record)``, ``on_end(summary)``, or
+    plain functions ``f(event, payload)`` that receive every event; anything else is an
+    :class:`InvalidArgumentError` before training starts.
+
     Raises:
-        InvalidArgumentError / DatasetError: for bad settings or data (before any training).
+        InvalidArgumentError / DatasetError: for bad settings, models that cannot work at this size or
+            fit in memory, or bad data; all before ``out`` is created.
         NonFiniteLossError: when a loss becomes NaN or infinite (checked at each log).
+        TrainingInterrupted: on Ctrl-C, after writing the checkpoints and an ``interrupted`` summary.
+    A failure before the first step completes removes what this call created in ``out``.
     """
     config.validate()
+    handlers = _handlers(callbacks)
     run = resolve(config)
+    check_models(config, run)
+    out = Path(config.out) if config.out else None
+    _check_out(out)
     seed_everything(config.seed)
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         set_tf32(run.precision)
-    out = Path(config.out) if config.out else None
-    if out is not None and (out / "metrics.csv").exists():
-        raise InvalidArgumentError(f"out={str(out)!r} already holds a training run; choose another folder")
     generator, discriminator = build_models(config, run)
     size = generator.input_size
     data_kwargs = {
@@ -199,108 +301,182 @@ def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     batches = _batches(train_set, config, run, preload)
     step_fn = Pix2PixStep(generator, discriminator, config, run)
 
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(
-            config.to_dict() | {"resolved": {"device": str(run.device), "precision": run.precision,
-                                             "channels_last": run.channels_last, "compile": run.compile,
-                                             "preload": preload}}, indent=2) + "\n")
-    writer = _MetricsWriter(out / "metrics.csv" if out else None)
-
-    initial, _ = evaluate(generator, val_pairs, run)
-    record0 = {"step": 0, "elapsed_s": 0.0, **initial}
-    writer.write(record0)
-    _emit(callbacks, "on_eval", record0)
-
-    running = {k: torch.zeros((), device=run.device) for k in ("loss_d", "loss_g_gan", "loss_g_l1")}
-    since_log = 0
-    start = time.perf_counter()
-    log_start, log_step = start, 0
-    compile_counts: dict[str, int] = {}
-    last_record: dict[str, Any] = record0
+    created = out is not None and not out.exists()
+    written: list[Path] = []
     step = 0
-    while True:
-        elapsed = time.perf_counter() - start
-        done_steps = config.steps is not None and step >= config.steps
-        done_time = config.seconds is not None and elapsed >= config.seconds
-        if done_steps or done_time:
-            break
-        progress = max(step / config.steps if config.steps else 0.0,
-                       elapsed / config.seconds if config.seconds else 0.0)
-        lr = config.lr * config.lr_factor(progress)
-        step_fn.set_lr(lr)
-        x, y = next(batches)
-        losses = step_fn(step_fn.prepare(x), step_fn.prepare(y))
-        for key, value in losses.items():
-            running[key] += value
-        step += 1
-        since_log += 1
-        if step == WARMUP_STEPS:
-            compile_counts = dynamo_counts()
-        final = (config.steps is not None and step >= config.steps)
-        evaluate_now = config.eval_every and step % config.eval_every == 0
-        if step % config.log_every == 0 or evaluate_now or final:
-            if run.device.type == "cuda":
-                torch.cuda.synchronize(run.device)
-            now = time.perf_counter()
-            means = {k: float(v) / since_log for k, v in running.items()}  # the one host sync
-            if not all(math.isfinite(v) for v in means.values()):
-                raise NonFiniteLossError(
-                    f"a loss became non-finite by step {step}: "
-                    + ", ".join(f"{k}={v:.4g}" for k, v in means.items())
-                )
-            record = {
-                "step": step, "elapsed_s": now - start,
-                "img_per_s": (step - log_step) * config.batch_size / max(now - log_start, 1e-9),
-                "lr": lr, **means,
-            }
-            for value in running.values():
-                value.zero_()
-            since_log, log_start, log_step = 0, now, step
-            if evaluate_now:
-                metrics, triple = evaluate(generator, val_pairs, run)
-                record |= metrics
-                if out is not None:
-                    save_samples(out / "samples" / f"step_{step}.png", triple, config.sample_count)
-            writer.write(record)
-            last_record = record
-            _emit(callbacks, "on_log", record)
-            if evaluate_now:
-                _emit(callbacks, "on_eval", record)
+    start = time.perf_counter()
+    compile_counts: dict[str, int] = {}
+    initial: dict[str, Any] = {}
+    last_eval: dict[str, Any] = {}
 
-    if "val_l1" not in last_record or last_record["step"] != step:
-        metrics, triple = evaluate(generator, val_pairs, run)
-        record = {"step": step, "elapsed_s": time.perf_counter() - start, **metrics}
-        writer.write(record)
+    def summary_now(last: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        train_seconds = time.perf_counter() - start
+        after = dynamo_counts()
+        return {
+            "steps": step,
+            "images": step * config.batch_size,
+            "train_seconds": train_seconds,
+            "img_per_s": step * config.batch_size / max(train_seconds, 1e-9),
+            "initial_val_l1": initial.get("val_l1"),
+            **{k: last.get(k) for k in ("val_l1", "val_psnr", "val_ssim")},
+            "device": str(run.device),
+            "precision": run.precision,
+            "channels_last": run.channels_last,
+            "compile": run.compile,
+            "preload": preload,
+            "graph_breaks": after["graph_breaks"],
+            "recompiles_after_warmup": (after["frames"] - compile_counts["frames"]) if compile_counts else 0,
+            "peak_mem_mib": _peak_mib(run),
+            **extra,
+        }
+
+    try:
         if out is not None:
-            save_samples(out / "samples" / f"step_{step}.png", triple, config.sample_count)
-        _emit(callbacks, "on_eval", record)
-        last_record = last_record | record
-    train_seconds = time.perf_counter() - start
-    after = dynamo_counts()
-    summary = {
-        "steps": step,
-        "images": step * config.batch_size,
-        "train_seconds": train_seconds,
-        "img_per_s": step * config.batch_size / max(train_seconds, 1e-9),
-        "initial_val_l1": initial["val_l1"],
-        **{k: last_record.get(k) for k in ("val_l1", "val_psnr", "val_ssim")},
-        "device": str(run.device),
-        "precision": run.precision,
-        "channels_last": run.channels_last,
-        "compile": run.compile,
-        "preload": preload,
-        "graph_breaks": after["graph_breaks"],
-        "recompiles_after_warmup": (after["frames"] - compile_counts["frames"]) if compile_counts else 0,
-        "peak_mem_mib": _peak_mib(run),
-    }
-    if out is not None:
-        if config.save_checkpoints:
-            save_checkpoint(out / "netG.pth.tar", generator, step_fn.opt_g)
-            save_checkpoint(out / "netD.pth.tar", discriminator, step_fn.opt_d)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _emit(callbacks, "on_end", summary)
+            out.mkdir(parents=True, exist_ok=True)
+            written.append(out / "config.json")
+            written[-1].write_text(json.dumps(
+                config.to_dict() | {"resolved": {"device": str(run.device), "precision": run.precision,
+                                                 "channels_last": run.channels_last, "compile": run.compile,
+                                                 "preload": preload}}, indent=2) + "\n")
+            written.append(out / "metrics.csv")
+        writer = _MetricsWriter(out / "metrics.csv" if out else None)
+
+        initial, _ = evaluate(generator, val_pairs, run)
+        record0 = {"step": 0, "elapsed_s": 0.0, **initial}
+        writer.write(record0)
+        last_eval = record0
+        _emit(handlers, "on_eval", record0)
+
+        running = {k: torch.zeros((), device=run.device) for k in ("loss_d", "loss_g_gan", "loss_g_l1")}
+        since_log = 0
+        start = time.perf_counter()
+        log_start, log_step = start, 0
+        last_record: dict[str, Any] = record0
+        while True:
+            elapsed = time.perf_counter() - start
+            done_steps = config.steps is not None and step >= config.steps
+            done_time = config.seconds is not None and elapsed >= config.seconds
+            if done_steps or done_time:
+                break
+            progress = max(step / config.steps if config.steps else 0.0,
+                           elapsed / config.seconds if config.seconds else 0.0)
+            lr = config.lr * config.lr_factor(progress)
+            step_fn.set_lr(lr)
+            x, y = next(batches)
+            losses = step_fn(step_fn.prepare(x), step_fn.prepare(y))
+            for key, value in losses.items():
+                running[key] += value
+            step += 1
+            since_log += 1
+            if step == WARMUP_STEPS:
+                compile_counts = dynamo_counts()
+            final = (config.steps is not None and step >= config.steps)
+            evaluate_now = config.eval_every and step % config.eval_every == 0
+            if step % config.log_every == 0 or evaluate_now or final:
+                if run.device.type == "cuda":
+                    torch.cuda.synchronize(run.device)
+                now = time.perf_counter()
+                means = {k: float(v) / since_log for k, v in running.items()}  # the one host sync
+                if not all(math.isfinite(v) for v in means.values()):
+                    raise NonFiniteLossError(
+                        f"a loss became non-finite by step {step}: "
+                        + ", ".join(f"{k}={v:.4g}" for k, v in means.items())
+                    )
+                record = {
+                    "step": step, "elapsed_s": now - start,
+                    "img_per_s": (step - log_step) * config.batch_size / max(now - log_start, 1e-9),
+                    "lr": lr, **means,
+                }
+                for value in running.values():
+                    value.zero_()
+                since_log, log_start, log_step = 0, now, step
+                if evaluate_now:
+                    metrics, triple = evaluate(generator, val_pairs, run)
+                    record |= metrics
+                    last_eval = record
+                    if out is not None:
+                        save_samples(out / "samples" / f"step_{step}.png", triple, config.sample_count)
+                writer.write(record)
+                last_record = record
+                _emit(handlers, "on_log", record)
+                if evaluate_now:
+                    _emit(handlers, "on_eval", record)
+
+        if "val_l1" not in last_record or last_record["step"] != step:
+            metrics, triple = evaluate(generator, val_pairs, run)
+            record = {"step": step, "elapsed_s": time.perf_counter() - start, **metrics}
+            writer.write(record)
+            if out is not None:
+                save_samples(out / "samples" / f"step_{step}.png", triple, config.sample_count)
+            _emit(handlers, "on_eval", record)
+            last_record = last_record | record
+        summary = summary_now(last_record, interrupted=False)
+        if out is not None:
+            if config.save_checkpoints:
+                save_checkpoint(out / "netG.pth.tar", generator, step_fn.opt_g)
+                save_checkpoint(out / "netD.pth.tar", discriminator, step_fn.opt_d)
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except KeyboardInterrupt:
+        if step == 0:
+            _remove_created(out, created, written)
+            raise TrainingInterrupted(out, 0, []) from None
+        summary = summary_now(last_eval, interrupted=True, val_step=last_eval.get("step"))
+        kept = _keep_interrupted(out, config, generator, discriminator, step_fn, summary)
+        raise TrainingInterrupted(out, step, kept) from None
+    except BaseException:
+        if step == 0:
+            _remove_created(out, created, written)
+        raise
+    _emit(handlers, "on_end", summary)
     return summary
+
+
+def _check_out(out: Path | None) -> None:
+    """Refuse a run folder that cannot take a new run, saying what is in it."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(f"out={str(out)!r} exists and is not a folder")
+    if not (out / "metrics.csv").exists():
+        return
+    try:
+        previous = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        previous = None
+    if not isinstance(previous, dict):
+        state = "no summary.json: still running, or stopped without one"
+    elif previous.get("interrupted"):
+        state = f"interrupted at step {previous.get('steps')}"
+    else:
+        state = f"finished after {previous.get('steps')} steps"
+    raise InvalidArgumentError(
+        f"out={str(out)!r} already holds a training run ({state}); training does not resume from a folder, "
+        "so choose a new folder"
+    )
+
+
+def _remove_created(out: Path | None, created: bool, written: list[Path]) -> None:
+    """Undo a run that failed before its first step: the folder if this run made it, else its files."""
+    if out is None:
+        return
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in written:
+        path.unlink(missing_ok=True)
+
+
+def _keep_interrupted(out: Path | None, config: TrainConfig, generator: torch.nn.Module,
+                      discriminator: torch.nn.Module, step_fn: Pix2PixStep, summary: dict[str, Any]) -> list[str]:
+    """After Ctrl-C: the checkpoints as they are and a summary marked interrupted; the names kept."""
+    if out is None:
+        return []
+    if config.save_checkpoints:
+        save_checkpoint(out / "netG.pth.tar", generator, step_fn.opt_g)
+        save_checkpoint(out / "netD.pth.tar", discriminator, step_fn.opt_d)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    names = ["netG.pth.tar", "netD.pth.tar", "summary.json", "metrics.csv", "samples", "config.json"]
+    return [name for name in names if (out / name).exists()]
 
 
 def _peak_mib(run: Resolved) -> float:
