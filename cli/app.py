@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     INVOCATION.command = shlex.join(["nectargan-bench", *args])
     debug = "--debug" in args
+    if not [a for a in args if a != "--debug"]:  # no command: the help, as a usage error (exit 2)
+        app(args=["--help"], prog_name="nectargan-bench", standalone_mode=False)
+        return 2
     if debug:  # accepted anywhere on the line, not only before the command
         args = ["--debug", *[a for a in args if a != "--debug"]]
     try:

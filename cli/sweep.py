@@ -157,35 +157,59 @@ def sweep(
     rows = list(JsonlStore(directory).iter_rows())
     env = read_env(directory)
     written = write_reports(directory, rows, [env] if env else [], title=loaded.name)
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items())) or "nothing new"
-    skipped = f", {result.skipped} already done" if result.skipped else ""
-    unit = "variants" if static_only else "variants; rows"
-    stderr.print(f"{result.planned} {unit}: {counts}{skipped}. Wrote {directory}/results.jsonl, "
-                 + ", ".join(p.name for p in written), highlight=False, soft_wrap=True)
-    _print_unsupported(rows)
+    summary = f"{_summary(result)}. Wrote {directory}/results.jsonl, " + ", ".join(p.name for p in written)
     failed = [r for r in rows if r.get("status") in ("error", "timeout")]
+    failure = (f"Error: {len(failed)} row(s) failed (status error or timeout); see the reason column of "
+               f"{directory}/results.csv") if failed else ""
+    skipped_ops = _unsupported(rows)
+    if quiet:  # one line: the failure first, the fvcore note folded in
+        note = f"; fvcore skipped {len(skipped_ops)} operator(s) in its MACs (see report.md)" if skipped_ops else ""
+        _print(f"{failure}. {summary}{note}" if failure else f"{summary}{note}")
+    else:
+        _print(summary)
+        if skipped_ops:
+            ops = ", ".join(f"{op} ({n})" for op, n in sorted(skipped_ops.items()))
+            _print(f"fvcore skipped these operators in its MACs (variants affected): {ops}")
+        if failure:
+            _print(failure)
     if failed:
-        stderr.print(f"Error: {len(failed)} row(s) failed (status error or timeout); see the reason "
-                     f"column of {directory}/results.csv", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _print(line: str) -> None:
+    stderr.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _summary(result) -> str:
+    """``3 variants, 1 already done (4 new rows: 3 ok, 1 invalid)``: variants and rows counted apart."""
+    done = f", {result.skipped} already done" if result.skipped else ""
+    new = sum(result.counts.values())
+    if not new:
+        return f"{_plural(result.planned, 'variant')}{done} (no new rows)"
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items()))
+    rows = _plural(new, "new row" if result.skipped else "row")
+    return f"{_plural(result.planned, 'variant')}{done} ({rows}: {counts})"
 
 
 def _worst(rows: list[dict]) -> str:
     return next((r["status"] for r in rows if r["status"] != "ok"), "ok")
 
 
-def _print_unsupported(rows: list[dict]) -> None:
+def _unsupported(rows: list[dict]) -> dict[str, int]:
+    """Operators fvcore skipped, with the number of variants affected."""
     from bench.profile import summarise_unsupported
 
-    seen = summarise_unsupported([r.get("fvcore_unsupported") or {} for r in rows if r.get("status") == "ok"])
-    if seen:
-        ops = ", ".join(f"{op} ({n})" for op, n in sorted(seen.items()))
-        stderr.print(f"fvcore skipped these operators in its MACs (variants affected): {ops}",
-                     highlight=False, soft_wrap=True)
+    return dict(summarise_unsupported([r.get("fvcore_unsupported") or {} for r in rows if r.get("status") == "ok"]))
 
 
 def _existing_folders(*dirs: Path) -> None:
     for directory in dirs:
+        if directory.exists() and not directory.is_dir():
+            raise NectarGANError(f"{directory} is not a folder: give a run folder (the one holding results.jsonl)")
         if not directory.is_dir():
             raise NectarGANError(f"run folder {directory} does not exist")
 

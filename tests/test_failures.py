@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.variant import VariantSpec
 from cli import main
@@ -283,3 +284,106 @@ def test_a_callback_with_nothing_to_call_is_refused(sample_dataset, tmp_path):
     with pytest.raises(InvalidArgumentError, match=r"callbacks\[0\].*on_log, on_eval or on_end"):
         fit(_config(sample_dataset, tmp_path / "run"), callbacks=[42])
     assert not (tmp_path / "run").exists()
+
+
+# 11. Measure options checked before anything runs ------------------------------------------------------
+
+MEASURE_CASES = [
+    ("timeout_s", ['[measure]\ntimeout_s = "soon"\n'], "timeout_s"),
+    ("threads", ["--threads", "-2"], "threads"),
+    ("timeout", ["--timeout", "-5"], "timeout"),
+    ("max_batch", ["--max-batch", "0"], "max_batch"),
+]
+
+
+def _measured_sweep(tmp_path, extra):
+    text = "[grid]\nn_downs = [3]\nfeatures = [4]\ninput_size = [32]\n"
+    flags = [a for a in extra if not a.startswith("[measure]")]
+    text += "".join(a for a in extra if a.startswith("[measure]"))
+    out = tmp_path / "run"
+    code = main(["sweep", str(_grid(tmp_path, text)), "--out", str(out), "--device", "cpu", "-q", *flags])
+    return code, out
+
+
+@pytest.mark.parametrize(("name", "extra", "setting"), MEASURE_CASES, ids=[c[0] for c in MEASURE_CASES])
+def test_bad_measure_options_stop_before_anything_runs(tmp_path, capsys, name, extra, setting):
+    code, out = _measured_sweep(tmp_path, extra)
+    assert code == 1
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("Error: ")
+    assert not out.exists()
+    if name == "timeout_s":
+        assert "g.toml" in err and "[measure].timeout_s" in err
+
+
+@pytest.mark.xfail(strict=True, reason="bench/measure.py measure_options passes where='measure option' to "
+                   "check_measure_value, so a bad flag's line does not name the setting")
+@pytest.mark.parametrize(("name", "extra", "setting"), MEASURE_CASES[1:], ids=[c[0] for c in MEASURE_CASES[1:]])
+def test_bad_measure_flags_name_the_setting(tmp_path, capsys, name, extra, setting):
+    code, _out = _measured_sweep(tmp_path, extra)
+    assert code == 1 and setting in capsys.readouterr().err
+
+
+# 13. The edges of the command line ----------------------------------------------------------------------
+
+def test_bare_command_shows_the_help(capsys):
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert "Usage: nectargan-bench" in captured.out and "sweep" in captured.out
+    assert "Error" not in captured.err and "Error" not in captured.out
+
+
+def test_report_of_a_file_says_it_is_not_a_folder(tmp_path, capsys):
+    file = tmp_path / "results.jsonl"
+    file.write_text("")
+    assert main(["report", str(file)]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert "is not a folder" in err and "does not exist" not in err
+
+
+def test_sweep_summary_counts_variants_and_rows_apart(tmp_path, capsys):
+    one = _grid(tmp_path, "[grid]\nn_downs = [3]\nfeatures = [4]\ninput_size = [32]\n", "one")
+    assert main(["sweep", str(one), "--static-only", "--out", str(tmp_path / "a"), "-q"]) == 0
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("1 variant (1 row: 1 ok)"), err
+    two = _grid(tmp_path, "[grid]\nn_downs = [2, 3]\nfeatures = [4]\ninput_size = [32]\n", "two")
+    assert main(["sweep", str(two), "--static-only", "--out", str(tmp_path / "b"), "-q"]) == 0
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("2 variants (2 rows: 1 invalid, 1 ok)"), err
+    assert main(["sweep", str(two), "--static-only", "--out", str(tmp_path / "b"), "-q", "--resume"]) == 0
+    assert _one_line(capsys.readouterr().err).startswith("2 variants, 2 already done (no new rows)")
+
+
+def test_quiet_sweep_is_one_line_with_failures_folded_in(tmp_path, capsys):
+    from nectargan.models import UnetBlock, register_block
+    from nectargan.models.unet import blocks as blocks_module
+
+    saved = dict(blocks_module._REGISTRY)
+
+    @register_block(name="FailingBlock")
+    class FailingBlock(UnetBlock):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    try:
+        grid = _grid(tmp_path, '[grid]\nn_downs = [3]\ninput_size = [32]\nfeatures = [4]\n'
+                               'block_type = ["UnetBlock", "FailingBlock"]\n')
+        assert main(["sweep", str(grid), "--static-only", "--out", str(tmp_path / "run"), "-q"]) == 1
+    finally:
+        blocks_module._REGISTRY.clear()
+        blocks_module._REGISTRY.update(saved)
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("Error: 1 row(s) failed") and "2 variants (2 rows: 1 error, 1 ok)" in err
+    assert "fvcore skipped" in err
+
+
+def test_readme_matches_the_fast_path_defaults():
+    from nectargan.train.config import resolve
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    run = resolve(TrainConfig(data="x", steps=1, device="cpu"))
+    assert not run.compile and not run.channels_last and run.precision == "fp32"
+    assert "off on the CPU" in readme
+    if torch.cuda.is_available():  # pragma: no cover - CPU in CI
+        cuda = resolve(TrainConfig(data="x", steps=1, device="cuda"))
+        assert cuda.compile and cuda.channels_last
