@@ -61,12 +61,16 @@ def run_job(job: Job, progress: Progress | None = None) -> Envelope:
         torch.set_num_threads(int(job.threads))
     device = torch.device(job.device)
     torch.backends.mkldnn.enabled = getattr(job, "cpu_mkldnn", True)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # as the trainer runs: the fastest convolution algorithms
     try:
         if isinstance(job, CeilingJob):
             ceilings = {}
             for precision in job.precisions:
                 progress("ceiling")
                 ceilings[precision] = workload.matmul_ceiling(device, precision)
+            workload.release(device)  # the next job in this child starts with an empty cache
             return Envelope("ok", ceilings=ceilings, threads=torch.get_num_threads())
         spec = VariantSpec(**job.variant)
         if isinstance(job, CompileJob):

@@ -53,7 +53,8 @@ TOP_LEVEL_KEYS = ["grid", "measure", "description"]
 # Options of measured sweeps: names take a value or a list from their choices; numbers one value.
 MEASURE_CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "mode": MODES, "precision": PRECISIONS,
                                                "layout": LAYOUTS}
-MEASURE_KEYS = [*MEASURE_CHOICES, "device", "threads", "timeout_s", "block_timeout_s", "cpu_mkldnn"]
+MEASURE_KEYS = [*MEASURE_CHOICES, "device", "threads", "timeout_s", "block_timeout_s", "cpu_mkldnn", "d_layers",
+                "d_features"]
 
 
 class GridError(NectarGANError, ValueError):
@@ -78,7 +79,8 @@ class Grid:
         names = list(self.axes)
         seen: set[VariantSpec] = set()
         out: list[VariantSpec] = []
-        for values in itertools.product(*(self.axes[n] for n in names)):
+        product = itertools.product(*(self.axes[n] for n in names)) if names else []  # include-only: no product
+        for values in product:
             combo = dict(zip(names, values, strict=True))
             if any(all(combo.get(k, _default(k)) == v for k, v in rule.items()) for rule in self.exclude):
                 continue
@@ -161,7 +163,7 @@ def check_measure_value(key: str, value: Any, where: str) -> None:
             value = value[0] if len(value) == 1 else value
         if not isinstance(value, str) or not value:
             raise GridError(f"{where} = {value!r} must be one device name: cpu, cuda, cuda:N or cuda:all")
-    elif key in ("threads", "blocks", "max_batch"):
+    elif key in ("threads", "blocks", "max_batch", "d_layers", "d_features"):
         number(where, value, GridError, kind=int, minimum=1)
     elif key in ("timeout_s", "block_timeout_s", "min_block_s"):
         number(where, value, GridError, above=0)

@@ -21,12 +21,22 @@ from typing import Any
 from bench.env import ENV_FILE, read_env, write_json_atomic
 from bench.grid import Grid, check_measure_value
 from bench.launcher import LAUNCHERS, Launcher, PhaseLimits
-from bench.records import CeilingJob, CompileJob, Envelope, MeasureConfig, MeasureJob, measured_figures
+from bench.records import (
+    BASELINE_MODE,
+    BASELINE_TASKS,
+    CeilingJob,
+    CompileJob,
+    Envelope,
+    MeasureConfig,
+    MeasureJob,
+    measured_figures,
+)
 from bench.store import JsonlStore, Row
 from bench.sweep import base_row, static_key, static_row
 from bench.variant import VariantSpec
 from nectargan.errors import NectarGANError
 from nectargan.runtime import precision_reason, resolve_devices
+from nectargan.train.config import TrainConfig
 
 MEASURE_KIND = "measure"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -47,6 +57,8 @@ class MeasureOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S  # per phase without progress: start, build, compile, check
     block_timeout_s: float = DEFAULT_BLOCK_TIMEOUT_S  # per phase without progress: warm-up, timed blocks
     cpu_mkldnn: bool = True  # False: torch.backends.mkldnn off in the child (a workaround, see README)
+    d_layers: int = TrainConfig.d_layers  # the discriminator of gan_train
+    d_features: int = TrainConfig.d_features
     blocks: int = 5
     min_block_s: float = 0.2
     launcher: str = "subprocess"
@@ -77,7 +89,8 @@ def measure_options(grid: Grid, device: str | None = None, **overrides: Any) -> 
     cuda = device.startswith("cuda")
     if table.get("launcher", "subprocess") not in LAUNCHERS:
         raise NectarGANError(f"launcher={table['launcher']!r} is not valid: use {' or '.join(LAUNCHERS)}")
-    keep = {k: _single(table[k]) for k in ("threads", "timeout_s", "block_timeout_s", "cpu_mkldnn", "blocks",
+    keep = {k: _single(table[k]) for k in ("threads", "timeout_s", "block_timeout_s", "cpu_mkldnn", "d_layers",
+                                          "d_features", "blocks",
                                           "min_block_s", "launcher", "warm_compile", "inductor_cache", "max_batch")
             if k in table}
     return MeasureOptions(
@@ -90,20 +103,50 @@ def measure_options(grid: Grid, device: str | None = None, **overrides: Any) -> 
 
 
 def measure_key(spec: VariantSpec, cfg: MeasureConfig, device: str) -> str:
-    return f"{MEASURE_KIND}|{spec.key}|{cfg.task}|{cfg.mode}|{cfg.precision}|{cfg.layout}|{device}"
+    key = f"{MEASURE_KIND}|{spec.key}|{cfg.task}|{cfg.mode}|{cfg.precision}|{cfg.layout}|{device}"
+    if cfg.task == "gan_train":
+        key += f"|D{cfg.d_layers}x{cfg.d_features}"
+    if cfg.batch_size != spec.batch_size:  # the baseline at NectarGAN's batch 1, beside a larger batch
+        key += f"|b{cfg.batch_size}"
+    return key
 
 
 def measure_configs(spec: VariantSpec, options: MeasureOptions) -> list[MeasureConfig]:
-    return [MeasureConfig(t, m, p, lay, spec.batch_size)
-            for t, p, lay, m in itertools.product(options.tasks, options.precisions, options.layouts, options.modes)]
+    """Every task x precision x layout x mode at the variant's batch size. The baseline mode is
+    NectarGAN's loop: fp32 and NCHW whatever else is asked, once per task, and also at NectarGAN's
+    batch 1 when the variant's batch is larger."""
+    configs: list[MeasureConfig] = []
+    for task, precision, layout, mode in itertools.product(options.tasks, options.precisions, options.layouts,
+                                                           options.modes):
+        d = (options.d_layers, options.d_features) if task == "gan_train" else (None, None)
+        if mode == BASELINE_MODE:
+            precision, layout = "fp32", "nchw"
+        batches = [spec.batch_size]
+        if mode == BASELINE_MODE and task in BASELINE_TASKS and spec.batch_size != 1:
+            batches.append(1)
+        for batch in batches:
+            cfg = MeasureConfig(task, mode, precision, layout, batch, *d)
+            if cfg not in configs:
+                configs.append(cfg)
+    return configs
+
+
+def config_reason(cfg: MeasureConfig, device: str) -> str | None:
+    """Why ``cfg`` cannot run on ``device`` (None when it can)."""
+    if cfg.baseline and cfg.task not in BASELINE_TASKS:
+        return f"mode {BASELINE_MODE!r} is NectarGAN's training loop: use it with task train or gan_train"
+    return precision_reason(cfg.precision, device)
 
 
 def measured_row(spec: VariantSpec, cfg: MeasureConfig, device: str, threads: int | None) -> Row:
     """The identifying columns of a measured row: the variant, its config and the device."""
-    return base_row(MEASURE_KIND, measure_key(spec, cfg, device), spec) | {
+    row = base_row(MEASURE_KIND, measure_key(spec, cfg, device), spec) | {
         "task": cfg.task, "mode": cfg.mode, "precision": cfg.precision, "layout": cfg.layout,
-        "device": device, "threads": threads,
+        "batch_size": cfg.batch_size, "device": device, "threads": threads,
     }
+    if cfg.task == "gan_train":
+        row |= {"d_layers": cfg.d_layers, "d_features": cfg.d_features}
+    return row
 
 
 class MeasuredPlan:
@@ -113,6 +156,7 @@ class MeasuredPlan:
         self.options = options
         self.launcher = launcher or LAUNCHERS[options.launcher]()
         self.ceilings: dict[str, dict[str, float]] = {}
+        self._gan_flops: dict[tuple, int] = {}
         self.directory = Path(".")
 
     def devices(self) -> list[str]:
@@ -162,13 +206,24 @@ class MeasuredPlan:
             rows += self.measure_variant(spec, device, _static_flops(spec, static, store))
         return rows
 
+    def _flops_per_image(self, spec: VariantSpec, cfg: MeasureConfig, flops: dict[str, int]) -> int:
+        """FLOPs per image of the task: G forward, G forward + backward, or the whole GAN step."""
+        if cfg.task == "gan_train":
+            key = (spec, cfg.d_layers, cfg.d_features)
+            if key not in self._gan_flops:
+                from bench.profile import gan_step_flops
+
+                self._gan_flops[key] = gan_step_flops(spec, int(cfg.d_layers or 0), int(cfg.d_features or 0))
+            return self._gan_flops[key]
+        return flops["flops_train" if cfg.task == "train" else "flops_fwd"]
+
     def measure_variant(self, spec: VariantSpec, device: str, flops: dict[str, int]) -> list[Row]:
         """All measured rows of one variant on one device (configs that cannot run become invalid rows)."""
         options = self.options
         rows: list[Row] = []
         runnable = []
         for cfg in measure_configs(spec, options):
-            reason = precision_reason(cfg.precision, device)
+            reason = config_reason(cfg, device)
             if reason:
                 rows.append(measured_row(spec, cfg, device, options.threads) | {"status": "invalid", "reason": reason})
             else:
@@ -211,10 +266,11 @@ class MeasuredPlan:
             if raw is None:
                 rows.append(row | results[cfg])
                 continue
-            per_image = flops["flops_train" if cfg.task == "train" else "flops_fwd"]
+            per_image = self._flops_per_image(spec, cfg, flops)
             warm_raw = warm.measurement(cfg) if warm is not None else None
             rows.append(row | {
-                "status": "ok", "reason": "", **measured_figures(raw, per_image, ceilings.get(cfg.precision)),
+                "status": "ok", "reason": "", "flops_per_img": per_image,
+                **measured_figures(raw, per_image, ceilings.get(cfg.precision)),
                 "compile_warm_s": warm_raw.first_call_s if warm_raw else None, "finished_at": now,
                 "threads": threads,
             })

@@ -106,6 +106,29 @@ def flop_counter_counts(spec: VariantSpec) -> tuple[int, int, int]:
     return fwd, conv, counter.get_total_flops()
 
 
+def gan_step_flops(spec: VariantSpec, d_layers: int, d_features: int) -> int:
+    """FLOPs per image of the whole pix2pix step (G and D, forward and backward), as the trainer's own
+    :class:`~nectargan.train.step.Pix2PixStep` runs it, counted by flop_counter on the meta device
+    (the optimizer steps, which count no FLOPs and cannot run on meta, are skipped)."""
+    from nectargan.models.patchgan.model import Discriminator
+    from nectargan.train.config import Resolved, TrainConfig
+    from nectargan.train.step import Pix2PixStep
+
+    generator = spec.build(device="meta")
+    with torch.device("meta"):
+        discriminator = Discriminator(in_channels=generator.in_channels, base_channels=d_features,
+                                      n_layers=d_layers, target_channels=generator.out_channels)
+    config = TrainConfig(d_layers=d_layers, d_features=d_features)
+    step = Pix2PixStep(generator, discriminator, config, Resolved(torch.device("cpu"), "fp32", False, False))
+    for optimizer in (step.opt_g, step.opt_d):
+        optimizer.step = lambda *args, **kwargs: None
+    x = torch.empty(1, generator.in_channels, spec.input_size, spec.input_size, device="meta")
+    y = torch.empty(1, generator.out_channels, spec.input_size, spec.input_size, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        step(x, y)
+    return counter.get_total_flops()
+
+
 def cpu_model(spec: VariantSpec) -> UnetGenerator:
     """The variant on the CPU with zeroed weights: built on meta, then allocated (no random init)."""
     model = spec.build(device="meta").to_empty(device="cpu")

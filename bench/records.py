@@ -17,8 +17,11 @@ from typing import Any, Literal
 
 from bench.timing import Measurement
 
-TASKS: tuple[str, ...] = ("infer", "train")
-MODES: tuple[str, ...] = ("eager", "compile", "compile-reduce-overhead", "compile-max-autotune")
+TASKS: tuple[str, ...] = ("infer", "train", "gan_train")
+# "nectargan": NectarGAN's own training loop (bench.baseline), the baseline of every speed-up
+MODES: tuple[str, ...] = ("eager", "compile", "compile-reduce-overhead", "compile-max-autotune", "nectargan")
+BASELINE_MODE = "nectargan"
+BASELINE_TASKS: tuple[str, ...] = ("train", "gan_train")
 LAYOUTS: tuple[str, ...] = ("nchw", "channels_last")
 # torch.compile's ``mode`` argument for each of our modes (eager is not compiled).
 COMPILE_MODES: dict[str, str | None] = {
@@ -27,28 +30,42 @@ COMPILE_MODES: dict[str, str | None] = {
 # Largest relative error of the output against eager fp32 that is expected for a precision.
 TOLERANCE: dict[str, float] = {"fp32": 1e-3, "tf32": 2e-2, "bf16": 1e-1, "fp16": 2e-2}
 MIB = 2**20
+# NVML clock throttle reasons that slow the chip down: SW power cap, HW slowdown, SW/HW thermal, power brake
+THROTTLE_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
 
 Status = Literal["ok", "oom", "error", "timeout"]
 
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    """What is measured of a variant: task, mode, precision, memory layout and batch size."""
+    """What is measured of a variant: task, mode, precision, memory layout and batch size; for the
+    whole GAN step (``gan_train``) also the PatchGAN discriminator's ``d_layers`` and ``d_features``."""
 
     task: str
     mode: str
     precision: str
     layout: str
     batch_size: int
+    d_layers: int | None = None
+    d_features: int | None = None
 
     @property
-    def group(self) -> tuple[str, str, str, int]:
+    def group(self) -> tuple:
         """Configs that differ only in mode share a group: built alike and timed interleaved."""
-        return (self.task, self.precision, self.layout, self.batch_size)
+        return (self.task, self.precision, self.layout, self.batch_size, self.d_layers, self.d_features)
 
     @property
     def compiled(self) -> bool:
-        return self.mode != "eager"
+        return self.mode in COMPILE_MODES
+
+    @property
+    def baseline(self) -> bool:
+        return self.mode == BASELINE_MODE
+
+    @property
+    def label(self) -> str:
+        """``train/compile/fp32/nchw`` (with ``/b1`` etc. only where it says something)."""
+        return f"{self.task}/{self.mode}/{self.precision}/{self.layout}"
 
 
 @dataclass(frozen=True)
@@ -116,6 +133,11 @@ class RawMeasurement:
     peak_mem_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     max_batch: int | None = None
+    energy_j: float | None = None  # over the timed blocks; None where no meter could be read
+    sm_clock_before_mhz: int | None = None
+    sm_clock_after_mhz: int | None = None
+    throttle_reasons: int | None = None  # NVML's bitmask, OR-ed over the blocks
+    gpu_shared: bool | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RawMeasurement:
@@ -179,9 +201,7 @@ class ProgressNote:
 
     def where(self) -> str:
         """``phase 'block' of train/compile/fp32/nchw`` (for reasons in rows)."""
-        cfg = self.config
-        of = f" of {cfg.task}/{cfg.mode}/{cfg.precision}/{cfg.layout}" if cfg else ""
-        return f"phase {self.phase!r}{of}"
+        return f"phase {self.phase!r}" + (f" of {self.config.label}" if self.config else "")
 
 
 def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: float | None) -> dict[str, Any]:
@@ -213,4 +233,12 @@ def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: 
         figures |= {"max_rel_err": raw.max_rel_err, "err_flag": raw.max_rel_err > TOLERANCE[cfg.precision]}
     if raw.max_batch is not None:
         figures["max_batch"] = raw.max_batch
+    if raw.energy_j is not None and timing.total_s > 0:
+        images = len(raw.block_s) * raw.calls_per_block * cfg.batch_size
+        figures |= {"joules_per_img": raw.energy_j / images, "avg_power_w": raw.energy_j / timing.total_s}
+    if raw.sm_clock_before_mhz is not None or raw.throttle_reasons is not None:
+        figures |= {"sm_clock_before_mhz": raw.sm_clock_before_mhz, "sm_clock_after_mhz": raw.sm_clock_after_mhz,
+                    "throttle_reasons": raw.throttle_reasons,
+                    "throttled": bool(raw.throttle_reasons & THROTTLE_MASK) if raw.throttle_reasons is not None
+                    else None, "gpu_shared": raw.gpu_shared}
     return figures

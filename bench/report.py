@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from bench.env import ENV_FILE, read_env, write_json_atomic
+from bench.records import BASELINE_MODE, BASELINE_TASKS, COMPILE_MODES
 from bench.store import RUNS_ROOT, JsonlStore, MemoryStore, Row, merged_rows, new_run_dir
 from nectargan.errors import NectarGANError
 
@@ -38,7 +39,9 @@ MEASURE_COLUMNS = [
     *VARIANT_COLUMNS, "task", "mode", "precision", "layout", "device", "threads", "status", "reason",
     "median_ms", "iqr_ms", "min_ms", "img_per_s", "tflops", "pct_of_peak", "noisy", "peak_mem_mib",
     "peak_reserved_mib", "compile_s", "compile_warm_s", "graph_breaks", "recompiles", "max_rel_err", "err_flag",
-    "blocks", "calls_per_block", "measure_s", "max_batch", "above_ceiling", "cpu_mkldnn",
+    "blocks", "calls_per_block", "measure_s", "max_batch", "above_ceiling", "cpu_mkldnn", "d_layers", "d_features",
+    "flops_per_img", "joules_per_img", "avg_power_w", "sm_clock_before_mhz", "sm_clock_after_mhz", "throttle_reasons",
+    "throttled", "gpu_shared",
 ]
 STATUS_ORDER = ["ok", "invalid", "error", "oom", "timeout"]
 
@@ -207,6 +210,78 @@ def measure_frame(rows: list[Row]) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+def _config_label(row: pd.Series) -> str:
+    return f"{row['mode']}, {row['precision']}, {row['layout']}, batch {row['batch_size']}"
+
+
+def baseline_speedups(measured: pd.DataFrame) -> pd.DataFrame:
+    """Per variant and training task: the fastest configuration measured and its speed-up over NectarGAN's
+    own loop (mode ``nectargan``) at the same batch size and at NectarGAN's default batch 1."""
+    ok = measured[(measured["status"] == "ok") & measured["task"].isin(BASELINE_TASKS)]
+    out = []
+    for (variant, task), group in ok.groupby(["variant", "task"], sort=False):
+        ours = group[group["mode"] != BASELINE_MODE]
+        base = group[group["mode"] == BASELINE_MODE]
+        if ours.empty or base.empty:
+            continue
+        best = ours.loc[ours["img_per_s"].astype(float).idxmax()]
+        same = base[base["batch_size"] == best["batch_size"]]
+        one = base[base["batch_size"] == 1]
+        out.append({
+            "variant": variant, "task": task, "fastest": _config_label(best), "img_per_s": float(best["img_per_s"]),
+            "baseline_img_per_s": float(same["img_per_s"].iloc[0]) if len(same) else None,
+            "speedup_same_batch": float(best["img_per_s"]) / float(same["img_per_s"].iloc[0]) if len(same) else None,
+            "baseline_b1_img_per_s": float(one["img_per_s"].iloc[0]) if len(one) else None,
+            "speedup_vs_b1": float(best["img_per_s"]) / float(one["img_per_s"].iloc[0]) if len(one) else None,
+        })
+    return pd.DataFrame(out)
+
+
+def _baseline_markdown(measured: pd.DataFrame) -> list[str]:
+    table = baseline_speedups(measured)
+    if table.empty:
+        return []
+
+    def x(v: Any) -> str:
+        return "" if v is None or pd.isna(v) else f"{v:,.2f}x"
+
+    shown = pd.DataFrame({
+        "variant": table["variant"], "task": table["task"], "fastest configuration": table["fastest"],
+        "img/s": table["img_per_s"].map(lambda v: f"{v:,.1f}"),
+        "NectarGAN loop img/s": table["baseline_img_per_s"].map(lambda v: "" if pd.isna(v) else f"{v:,.1f}"),
+        "speed-up, same batch": table["speedup_same_batch"].map(x),
+        "speed-up over NectarGAN at batch 1": table["speedup_vs_b1"].map(x),
+    })
+    return ["## Against NectarGAN's own loop", "",
+            "The fastest configuration of each variant against NectarGAN's training loop (eager fp32, NCHW, D "
+            "called on real and fake separately, `.item()` on every loss every step), measured interleaved in "
+            "the same run, at the same batch size and at NectarGAN's default batch 1.", "",
+            _markdown(shown, text_columns=3), ""]
+
+
+def _cost_to_train_markdown(measured: pd.DataFrame) -> list[str]:
+    gan = measured[(measured["status"] == "ok") & (measured["task"] == "gan_train")
+                   & (measured["mode"] != BASELINE_MODE)]
+    if gan.empty:
+        return []
+    best = gan.loc[gan.groupby("variant")["img_per_s"].idxmax()]
+
+    def f(v: Any, spec: str) -> str:
+        return "" if v is None or pd.isna(v) else format(v, spec)
+
+    table = pd.DataFrame({
+        "variant": best["variant"], "fastest configuration": [_config_label(r) for _, r in best.iterrows()],
+        "img/s": best["img_per_s"].map(lambda v: f(v, ",.1f")),
+        "J/img": best["joules_per_img"].map(lambda v: f(v, ".4g")),
+        "avg W": best["avg_power_w"].map(lambda v: f(v, ".0f")),
+        "peak MiB": best["peak_mem_mib"].map(lambda v: f(v, ",.1f")),
+    })
+    note = ("Energy from NVML's counter (CUDA) or RAPL (CPU), over the timed blocks."
+            if best["joules_per_img"].notna().any() else
+            "Energy is empty: no NVML or readable RAPL counter on this machine.")
+    return ["## Cost to train (the whole pix2pix step, G and D)", "", note, "", _markdown(table, text_columns=2), ""]
+
+
 def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> list[str]:
     ok = measured[measured["status"] == "ok"].copy()
     out = ["## Measured", ""]
@@ -233,8 +308,10 @@ def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> li
             ],
             "max rel err": ok["max_rel_err"].map(lambda v: f(v, ".1e")),
             "flags": [", ".join(x for x, on in (("noisy", n is True), ("error above tolerance", e is True),
-                                                ("above the ceiling", c is True)) if on)
-                      for n, e, c in zip(ok["noisy"], ok["err_flag"], ok["above_ceiling"], strict=True)],
+                                                ("above the ceiling", c is True), ("throttled", t is True),
+                                                ("GPU shared", g is True)) if on)
+                      for n, e, c, t, g in zip(ok["noisy"], ok["err_flag"], ok["above_ceiling"], ok["throttled"],
+                                               ok["gpu_shared"], strict=True)],
         })
         if ok["compile_s"].isna().all():
             table = table.drop(columns=["compile s (cold/warm)"])
@@ -242,18 +319,20 @@ def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> li
         if reference.all():  # every row is the reference configuration itself: its error is 0 by definition
             table = table.drop(columns=["max rel err"])
         out += [_markdown(table, text_columns=6), ""]
-        if (ok.groupby(["variant", "task"]).size() > 1).any():  # a choice to report
-            best = ok.loc[ok.groupby(["variant", "task"])["img_per_s"].idxmax()]
+        ours = ok[ok["mode"] != BASELINE_MODE]
+        if (ours.groupby(["variant", "task"]).size() > 1).any():  # a choice to report
+            best = ours.loc[ours.groupby(["variant", "task"])["img_per_s"].idxmax()]
             out += ["## Best configuration per variant", "", _markdown(pd.DataFrame({
                 "variant": best["variant"], "task": best["task"],
                 "fastest": best["mode"] + ", " + best["precision"] + ", " + best["layout"],
                 "img/s": best["img_per_s"].map(lambda v: f"{v:,.1f}"),
             }), text_columns=3), ""]
-        eager = ok[ok["mode"] == "eager"].set_index(["variant", "task", "precision", "layout"])["median_ms"]
-        compiled = ok[ok["mode"] != "eager"]
+        group = ["variant", "task", "precision", "layout", "batch_size"]
+        eager = ok[ok["mode"] == "eager"].set_index(group)["median_ms"]
+        compiled = ok[ok["mode"].isin(list(COMPILE_MODES))]
         speed = []
         for _, r in compiled.iterrows():
-            base = eager.get((r["variant"], r["task"], r["precision"], r["layout"]))
+            base = eager.get(tuple(r[k] for k in group))
             if base is not None and not pd.isna(base):
                 speed.append({"variant": r["variant"], "task": r["task"], "mode": r["mode"],
                               "precision": r["precision"], "layout": r["layout"],
@@ -261,6 +340,7 @@ def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> li
         if speed:
             out += ["## Compiled over eager (same task, precision, layout; interleaved)", "",
                     _markdown(pd.DataFrame(speed), text_columns=5), ""]
+        out += _baseline_markdown(measured) + _cost_to_train_markdown(measured)
     bad = measured[measured["status"] != "ok"]
     if len(bad):
         listing = bad[["variant", "task", "mode", "precision", "layout", "status", "reason"]].copy()
@@ -300,6 +380,24 @@ def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path)
     fig.savefig(path)
     plt.close(fig)
     written.append(path)
+    energy = ok[ok["joules_per_img"].notna()] if "joules_per_img" in ok else ok.iloc[:0]
+    if len(energy):
+        fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
+        for (task, mode), group in energy.groupby(["task", "mode"], sort=True):
+            ax.scatter(group["joules_per_img"].astype(float), group["img_per_s"].astype(float), alpha=0.8,
+                       label=f"{task} {mode}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("joules per image (log)")
+        ax.set_ylabel("images per second (log)")
+        ax.set_title("Throughput vs energy")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        fig.tight_layout()
+        path = directory / "throughput_vs_energy.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
     if ok["batch_size"].nunique() > 1:
         fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
         for name, group in ok.groupby(["n_downs", "features", "block_type", "upconv_type", "task", "mode"]):

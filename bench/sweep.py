@@ -82,6 +82,10 @@ class SweepPlan(Protocol):
         """The variant's rows that are not ``done`` yet."""
         ...
 
+    def finish(self) -> None:
+        """Once, after the last variant or an interruption (stop measuring processes)."""
+        ...
+
 
 class StaticPlan:
     """Count parameters, FLOPs and activations: one ``static`` row per variant, no timing."""
@@ -97,6 +101,9 @@ class StaticPlan:
 
     def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore) -> list[Row]:
         return [static_row(spec)]
+
+    def finish(self) -> None:
+        return None
 
 
 @dataclass
@@ -239,39 +246,48 @@ def run_sweep(
     with prepare_run_dir(directory, grid, resume, shard_spec, command):  # DIR/.lock, held until the end
         store = JsonlStore(directory)
         done = store.keys()
-        plan.start(directory, store)
-        todo = [spec for spec in variants if not plan.keys(spec) <= done]
-        result = SweepResult(directory, planned=len(variants), skipped=len(variants) - len(todo))
-        if on_start:
-            on_start(len(todo))
-        lock = threading.Lock()
-        queue = list(todo)
+        try:
+            return _run(variants, devices, directory, plan, store, done, on_start, on_variant)
+        finally:
+            plan.finish()
 
-        def record(spec: VariantSpec, rows: list[Row]) -> None:
+
+def _run(variants: list[VariantSpec], devices: list[str], directory: Path, plan: SweepPlan, store: JsonlStore,
+         done: set[str], on_start: Callable[[int], None] | None,
+         on_variant: Callable[[VariantSpec, list[Row]], None] | None) -> SweepResult:
+    plan.start(directory, store)
+    todo = [spec for spec in variants if not plan.keys(spec) <= done]
+    result = SweepResult(directory, planned=len(variants), skipped=len(variants) - len(todo))
+    if on_start:
+        on_start(len(todo))
+    lock = threading.Lock()
+    queue = list(todo)
+
+    def record(spec: VariantSpec, rows: list[Row]) -> None:
+        with lock:
+            for row in rows:
+                if row["key"] in done:
+                    continue
+                store.append(row)
+                done.add(row["key"])
+                result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
+            if on_variant:
+                on_variant(spec, rows)
+
+    def worker(device: str) -> None:
+        while True:
             with lock:
-                for row in rows:
-                    if row["key"] in done:
-                        continue
-                    store.append(row)
-                    done.add(row["key"])
-                    result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
-                if on_variant:
-                    on_variant(spec, rows)
+                if not queue:
+                    return
+                spec = queue.pop(0)
+            record(spec, plan.rows(spec, device, done, store))
 
-        def worker(device: str) -> None:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    spec = queue.pop(0)
-                record(spec, plan.rows(spec, device, done, store))
-
-        if len(devices) == 1:
-            worker(devices[0])
-        else:
-            threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        return result
+    if len(devices) == 1:
+        worker(devices[0])
+    else:
+        threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return result

@@ -52,13 +52,14 @@ class CudaEventTimer:
 
     def time(self, fn: Callable[[], object], calls: int) -> float:
         cuda = self.torch.cuda
-        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
-        cuda.synchronize(self.device)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
+        with cuda.device(self.device):  # events on the measured device's current stream, not device 0's
+            start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+            cuda.synchronize(self.device)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
         return start.elapsed_time(end) / 1000.0
 
 

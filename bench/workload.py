@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import gc
 import os
 import threading
@@ -20,12 +21,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bench.baseline import nectargan_g_step, nectargan_gan_step
+from bench.energy import EnergyTimer, open_meter
 from bench.records import COMPILE_MODES, MeasureConfig, RawMeasurement
 from bench.timing import CudaEventTimer, PerfCounterTimer, measure_interleaved
 from bench.variant import VariantSpec
 from nectargan.runtime import autocast, autocast_dtype, dynamo_counts, set_tf32
-from nectargan.train.config import TrainConfig
-from nectargan.train.step import make_adam
+from nectargan.train.config import Resolved, TrainConfig
+from nectargan.train.loop import build_models
+from nectargan.train.step import Pix2PixStep, make_adam
 
 WARMUP_CALLS = 3
 RSS_SAMPLE_S = 0.0005
@@ -47,21 +51,24 @@ class Workload:
 
 
 def build_workload(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, seed: int) -> Workload:
-    """The model, inputs and one callable step of ``cfg`` (weights seeded, so every mode starts alike).
+    """The model(s), inputs and one callable step of ``cfg`` (weights seeded, so every mode starts alike).
 
-    ``infer`` is a no-grad forward; ``train`` is forward, L1 against a random target, backward and an
-    Adam step with the trainer's defaults (fused where supported; a GradScaler for fp16).
+    ``infer`` is a no-grad forward; ``train`` is the generator alone: forward, L1 against a random target,
+    backward and an Adam step with the trainer's defaults (fused where supported; a GradScaler for fp16);
+    ``gan_train`` is the trainer's own :class:`~nectargan.train.step.Pix2PixStep` (G and a PatchGAN D).
+    Mode ``nectargan`` runs NectarGAN's own loop instead (:mod:`bench.baseline`): eager fp32, NCHW.
     """
     torch.manual_seed(seed)
-    model = spec.build().to(device)
-    fmt = torch.channels_last if cfg.layout == "channels_last" else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    fmt = _format(cfg)
     g = torch.Generator(device="cpu").manual_seed(seed + 1)
-    x = torch.rand(cfg.batch_size, spec.in_channels, spec.input_size, spec.input_size, generator=g) * 2 - 1
-    x = x.to(device).contiguous(memory_format=fmt)
     out_channels = spec.out_channels or spec.in_channels
-    target = (torch.rand(cfg.batch_size, out_channels, spec.input_size, spec.input_size, generator=g) * 2 - 1)
+    x = torch.rand(cfg.batch_size, spec.in_channels, spec.input_size, spec.input_size, generator=g) * 2 - 1
+    target = torch.rand(cfg.batch_size, out_channels, spec.input_size, spec.input_size, generator=g) * 2 - 1
+    x = x.to(device).contiguous(memory_format=fmt)
     target = target.to(device).contiguous(memory_format=fmt)
+    if cfg.task == "gan_train":
+        return _gan_workload(spec, cfg, device, x, target)
+    model = spec.build().to(device).to(memory_format=fmt)
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if cfg.compiled:
         forward = torch.compile(model, mode=COMPILE_MODES[cfg.mode], dynamic=False)
@@ -73,11 +80,15 @@ def build_workload(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, 
         def call() -> object:
             with torch.no_grad(), autocast(cfg.precision, device):
                 return forward(x)
+    elif cfg.baseline:
+        model.train()
+        call = nectargan_g_step(model, x, target)
+        persistent += 3 * _param_bytes(model)  # grads + 2 moments
     else:
         model.train()
         optimizer = make_adam(model.parameters(), TrainConfig(), device)
         scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(cfg.precision) == torch.float16)
-        persistent += 3 * sum(p.numel() * p.element_size() for p in model.parameters())  # grads + 2 moments
+        persistent += 3 * _param_bytes(model)  # grads + 2 moments
 
         def call() -> object:
             optimizer.zero_grad(set_to_none=True)
@@ -97,6 +108,43 @@ def build_workload(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, 
         return out
 
     return Workload(cfg, call, forward_eval, persistent)
+
+
+def _param_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _gan_workload(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, x: torch.Tensor,
+                  target: torch.Tensor) -> Workload:
+    """The whole pix2pix step: the trainer's Pix2PixStep, or NectarGAN's loop for the baseline mode."""
+    defaults = TrainConfig()
+    config = TrainConfig(generator=spec.model_kwargs(), batch_size=cfg.batch_size,
+                         d_layers=cfg.d_layers or defaults.d_layers, d_features=cfg.d_features or defaults.d_features)
+    run = Resolved(device, cfg.precision, cfg.layout == "channels_last", cfg.compiled)
+    generator, discriminator = build_models(config, run)
+    generator.train()
+    persistent = 4 * (_param_bytes(generator) + _param_bytes(discriminator))  # weights, grads, 2 moments
+    persistent += sum(t.numel() * t.element_size() for t in (x, target))
+    if cfg.baseline:
+        call = nectargan_gan_step(generator, discriminator, x, target, config)
+    else:
+        step = Pix2PixStep(generator, discriminator, config, run, compile_mode=COMPILE_MODES.get(cfg.mode))
+
+        def call() -> object:
+            return step(x, target)
+
+    def forward_eval(inp: torch.Tensor) -> torch.Tensor:
+        generator.eval()
+        with torch.no_grad(), run.autocast():
+            out = generator(inp.contiguous(memory_format=_format(cfg))).float()
+        generator.train()
+        return out
+
+    return Workload(cfg, call, forward_eval, persistent)
+
+
+def _format(cfg: MeasureConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.layout == "channels_last" else torch.contiguous_format
 
 
 def _sync(device: torch.device) -> None:
@@ -130,6 +178,7 @@ def measure_group(
     """
     if device.type == "cuda":
         set_tf32(configs[0].precision)
+    torch._dynamo.reset()  # per group: a served child must never reach dynamo's recompile limit (eager fallback)
     raws = {cfg: RawMeasurement(cfg) for cfg in configs}
     workloads: dict[MeasureConfig, Workload] = {}
     for cfg in configs:
@@ -137,7 +186,7 @@ def measure_group(
         progress("build", cfg)
         before = dynamo_counts()
         workload = build_workload(spec, cfg, device, seed=0)
-        if cfg.task == "train":
+        if cfg.task != "infer":  # before any step changes the weights
             progress("check", cfg)
             raw.max_rel_err = _rel_error(workload, spec, cfg, device, seed=0)
         progress("first-call", cfg)
@@ -152,18 +201,34 @@ def measure_group(
         _sync(device)
         workloads[cfg] = workload
 
+    timer, on_phase, energy = _timer(device), progress, None
+    meter = open_meter(device)
+    if meter is not None:
+        energy = EnergyTimer(timer, meter)
+        timer = energy
+
+        def on_phase(phase: str, cfg: MeasureConfig) -> None:
+            energy.on_phase(phase, cfg)
+            progress(phase, cfg)
+
     frames_before = dynamo_counts()["frames"]
-    results = measure_interleaved({c: w.call for c, w in workloads.items()}, _timer(device), blocks, min_block_s,
-                                  on_phase=progress)
+    results = measure_interleaved({c: w.call for c, w in workloads.items()}, timer, blocks, min_block_s,
+                                  on_phase=on_phase)
     recompiles = dynamo_counts()["frames"] - frames_before
     for cfg, measurement in results.items():
         raw = raws[cfg]
         raw.block_s, raw.calls_per_block = measurement.block_s, measurement.calls_per_block
         raw.recompiles = recompiles
+        reading = energy.readings.get(cfg) if energy is not None else None
+        if reading is not None:
+            raw.energy_j = reading.joules if reading.complete else None
+            raw.sm_clock_before_mhz, raw.sm_clock_after_mhz = reading.clock_before_mhz, reading.clock_after_mhz
+            if device.type == "cuda":
+                raw.throttle_reasons, raw.gpu_shared = reading.throttle_reasons, reading.shared
         progress("memory", cfg)
         raw.peak_mem_bytes, raw.peak_reserved_bytes = _memory(workloads[cfg], device)
     workloads.clear()
-    _release(device)
+    release(device)
     measured = [raws[c] for c in configs]
     progress("done", None, measured)
     return measured
@@ -176,6 +241,7 @@ def first_calls(spec: VariantSpec, configs: list[MeasureConfig], device: torch.d
     for cfg in configs:
         if device.type == "cuda":
             set_tf32(cfg.precision)
+        torch._dynamo.reset()
         progress("build", cfg)
         before = dynamo_counts()
         workload = build_workload(spec, cfg, device, seed=0)
@@ -184,11 +250,11 @@ def first_calls(spec: VariantSpec, configs: list[MeasureConfig], device: torch.d
         raws.append(RawMeasurement(cfg, first_call_s=first,
                                    graph_breaks=dynamo_counts()["graph_breaks"] - before["graph_breaks"]))
         del workload
-    _release(device)
+    release(device)
     return raws
 
 
-def _release(device: torch.device) -> None:
+def release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -313,14 +379,15 @@ def max_batch(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, start
     """The largest batch, halving from ``start``, for which one call of ``cfg`` runs without OOM (0: none)."""
     batch = start
     while batch >= 1:
+        torch._dynamo.reset()  # each batch is a new shape: do not pile up recompiles
         try:
-            workload = build_workload(spec, MeasureConfig(cfg.task, cfg.mode, cfg.precision, cfg.layout, batch),
-                                      device, 0)
+            workload = build_workload(spec, dataclasses.replace(cfg, batch_size=batch), device, 0)
             workload.call()
             _sync(device)
             del workload
             return batch
         except torch.OutOfMemoryError:
-            _release(device)
+            workload = None  # drop the failed attempt's tensors before the next try
+            release(device)
             batch //= 2
     return 0

@@ -97,14 +97,26 @@ def sweep(
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:N or cuda:all (default: the grid's, else cpu).")
     ] = None,
-    task: Annotated[list[str] | None, typer.Option(help="infer and/or train (repeat the option).")] = None,
+    task: Annotated[
+        list[str] | None, typer.Option(help="infer, train (G alone) and/or gan_train (G and D); repeat the option.")
+    ] = None,
     mode: Annotated[
-        list[str] | None, typer.Option(help="eager, compile, compile-reduce-overhead, compile-max-autotune.")
+        list[str] | None, typer.Option(help="eager, compile, compile-reduce-overhead, compile-max-autotune, or "
+                                       "nectargan (NectarGAN's own loop, the baseline).")
     ] = None,
     precision: Annotated[list[str] | None, typer.Option(help="fp32, tf32, bf16, fp16.")] = None,
     layout: Annotated[list[str] | None, typer.Option(help="nchw, channels_last.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads in the measuring child.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds per variant before its child is killed.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds a child may build, compile or check one configuration before it "
+                                   "counts as hung (default 1800).")
+    ] = None,
+    block_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a child may spend in one warm-up or timed block (default 300).")
+    ] = None,
+    cpu_mkldnn: Annotated[
+        bool | None, typer.Option(help="oneDNN (mkldnn) on the CPU; --no-cpu-mkldnn works around its known crashes.")
+    ] = None,
     blocks: Annotated[int | None, typer.Option(help="Timed blocks per measurement (default 5).")] = None,
     min_block_s: Annotated[float | None, typer.Option(help="Minimum seconds per timed block (default 0.2).")] = None,
     launcher: Annotated[str | None, typer.Option(help="subprocess (isolated, default) or inline (debugging).")] = (
@@ -134,7 +146,8 @@ def sweep(
         from bench.measure import MeasuredPlan, measure_options
 
         options = measure_options(loaded, device, task=task, mode=mode, precision=precision, layout=layout,
-                                  threads=threads, timeout_s=timeout, blocks=blocks, min_block_s=min_block_s,
+                                  threads=threads, timeout_s=timeout, block_timeout_s=block_timeout,
+                                  cpu_mkldnn=cpu_mkldnn, blocks=blocks, min_block_s=min_block_s,
                                   launcher=launcher, max_batch=max_batch)
         plan = MeasuredPlan(options)
         plan.devices()  # fail before anything is written
@@ -167,6 +180,8 @@ def sweep(
         _print(f"{failure}. {summary}{note}" if failure else f"{summary}{note}")
     else:
         _print(summary)
+        for line in _baseline_lines(rows):
+            _print(line)
         if skipped_ops:
             ops = ", ".join(f"{op} ({n})" for op, n in sorted(skipped_ops.items()))
             _print(f"fvcore skipped these operators in its MACs (variants affected): {ops}")
@@ -174,6 +189,22 @@ def sweep(
             _print(failure)
     if failed:
         raise typer.Exit(1)
+
+
+def _baseline_lines(rows: list[dict]) -> list[str]:
+    """Per variant and training task: the fastest configuration and its speed-up over NectarGAN's loop."""
+    import pandas as pd
+
+    from bench.report import baseline_speedups, measure_frame
+
+    lines = []
+    for _, r in baseline_speedups(measure_frame(rows)).iterrows():
+        same, one = r["speedup_same_batch"], r["speedup_vs_b1"]
+        same = f"{same:.2f}x NectarGAN's loop at that batch" if pd.notna(same) else ""
+        one = f"{one:.2f}x at its batch 1" if pd.notna(one) else ""
+        lines.append(f"{r['variant']} {r['task']}: fastest {r['fastest']} at {r['img_per_s']:,.1f} img/s = "
+                     + ", ".join(x for x in (same, one) if x))
+    return lines
 
 
 def _print(line: str) -> None:
@@ -237,17 +268,29 @@ def compare(
     out: Annotated[
         Path | None, typer.Option(help="Where to write compare.csv/.md (default: results/runs/compare-A-vs-B).")
     ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Exit 1 when a measurement's img/s fell by more than "
+                                   "this fraction (e.g. 0.05) and the drop is outside both runs' IQRs.")
+    ] = None,
 ) -> None:
-    """Print a markdown table of ratios B/A for the rows both runs have; write it as CSV and markdown.
+    """Print markdown tables of ratios B/A (static counts, and measurements by their full key); write them as
+    CSV and markdown.
 
-    Example: nectargan-bench compare results/runs/before results/runs/after
+    Example: nectargan-bench compare results/runs/before results/runs/after --threshold 0.05
     """
     from bench.report import compare_dirs
 
     _existing_folders(dir_a, dir_b)
-    _table, markdown, written = compare_dirs(dir_a, dir_b, out)
-    typer.echo(markdown)
-    stderr.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+    comparison = compare_dirs(dir_a, dir_b, out, threshold)
+    typer.echo(comparison.markdown)
+    stderr.print(f"Wrote {', '.join(str(p) for p in comparison.written)}", highlight=False, soft_wrap=True)
+    regressed = comparison.regressions
+    if threshold is not None and len(regressed):
+        worst = regressed.sort_values("img_per_s_ratio").iloc[0]
+        stderr.print(f"Error: {len(regressed)} measurement(s) regressed by more than {threshold:.0%} in img/s; "
+                     f"worst {worst['variant']} {worst['task']}/{worst['mode']}/{worst['precision']}/"
+                     f"{worst['layout']}: {worst['img_per_s_ratio']:.3f}x", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 COMMANDS = {"profile": profile, "sweep": sweep, "report": report, "compare": compare}

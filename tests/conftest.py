@@ -32,3 +32,31 @@ def fault_child(monkeypatch):
         monkeypatch.setattr(bench.launcher, "CHILD_COMMAND", [sys.executable, str(script), json.dumps(plan)])
 
     return use
+
+
+COMPILED_GRID = """
+description = "one tiny variant, every task, eager against compiled against NectarGAN's loop"
+[grid]
+n_downs = [3]
+features = [8]
+input_size = [64]
+batch_size = [8]
+[measure]
+task = ["infer", "train", "gan_train"]
+mode = ["eager", "compile", "nectargan"]
+d_features = 8
+"""
+
+
+@pytest.fixture(scope="session")
+def compiled_sweep(tmp_path_factory):
+    """A measured sweep that compiles every task once (the slow part of the suite, so it is shared):
+    its run folder; its Inductor cache also makes the trainer's compile test warm (same graphs)."""
+    from cli import main
+
+    root = tmp_path_factory.mktemp("compiled")
+    grid = root / "compiled.toml"
+    grid.write_text(COMPILED_GRID)
+    out = root / "run"
+    code = main(["sweep", str(grid), "--out", str(out), "--quiet", "--min-block-s", "0.05", "--blocks", "3"])
+    return code, out
