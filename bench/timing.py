@@ -100,15 +100,18 @@ class Measurement:
 
 
 def calibrate(fn: Callable[[], object], timer: BlockTimer, min_block_s: float = MIN_BLOCK_S) -> int:
-    """Calls per block so that a block lasts at least ``min_block_s`` (doubling from 1)."""
+    """Calls per block so that a block lasts at least ``min_block_s``.
+
+    A single call is timed twice (the faster counts: the first may still pay a one-off cost), then the
+    count jumps to the target (10 % over, at least doubling) and is checked with one block, which
+    usually ends it: calibrating costs little more than one block.
+    """
     calls = 1
-    while calls < MAX_CALLS_PER_BLOCK:
-        elapsed = min(timer.time(fn, calls), timer.time(fn, calls))  # the faster of two: less noise
-        if elapsed >= min_block_s:
-            return calls
-        # jump close to the target, at least doubling
-        calls = max(2 * calls, int(calls * min_block_s / max(elapsed, 1e-9) * 1.1))
-    return MAX_CALLS_PER_BLOCK
+    elapsed = min(timer.time(fn, 1), timer.time(fn, 1))
+    while elapsed < min_block_s and calls < MAX_CALLS_PER_BLOCK:
+        calls = min(MAX_CALLS_PER_BLOCK, max(2 * calls, int(calls * min_block_s / max(elapsed, 1e-9) * 1.1)))
+        elapsed = timer.time(fn, calls)
+    return calls
 
 
 def measure_interleaved(
