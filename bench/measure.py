@@ -83,7 +83,7 @@ def measure_options(grid: Grid, device: str | None = None, **overrides: Any) -> 
     """
     given = {k: v for k, v in overrides.items() if v not in (None, [], ())}
     for key, value in given.items():
-        check_measure_value(key, value, "measure option")
+        check_measure_value(key, value, f"measure option {key}")
     table = dict(grid.measure) | given
     device = str(device or _single(table.get("device", "cpu")))
     cuda = device.startswith("cuda")

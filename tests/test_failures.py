@@ -316,8 +316,6 @@ def test_bad_measure_options_stop_before_anything_runs(tmp_path, capsys, name, e
         assert "g.toml" in err and "[measure].timeout_s" in err
 
 
-@pytest.mark.xfail(strict=True, reason="bench/measure.py measure_options passes where='measure option' to "
-                   "check_measure_value, so a bad flag's line does not name the setting")
 @pytest.mark.parametrize(("name", "extra", "setting"), MEASURE_CASES[1:], ids=[c[0] for c in MEASURE_CASES[1:]])
 def test_bad_measure_flags_name_the_setting(tmp_path, capsys, name, extra, setting):
     code, _out = _measured_sweep(tmp_path, extra)

@@ -285,6 +285,10 @@ def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         set_tf32(run.precision)
+        torch.cuda.reset_peak_memory_stats(run.device)  # this run's peak, not an earlier run's in this process
+    if run.compile:  # a study compiles one model per trial on the same code objects: start each run afresh,
+        torch._dynamo.reset()  # or after 8 models dynamo's recompile limit would silently run them eagerly
+    counts_at_start = dynamo_counts()
     generator, discriminator = build_models(config, run)
     size = generator.input_size
     data_kwargs = {
@@ -324,7 +328,7 @@ def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "channels_last": run.channels_last,
             "compile": run.compile,
             "preload": preload,
-            "graph_breaks": after["graph_breaks"],
+            "graph_breaks": after["graph_breaks"] - counts_at_start["graph_breaks"],
             "recompiles_after_warmup": (after["frames"] - compile_counts["frames"]) if compile_counts else 0,
             "peak_mem_mib": _peak_mib(run),
             **extra,
