@@ -372,14 +372,8 @@ def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path)
     ax.set_yscale("log")
     ax.set_xlabel("forward GFLOPs per image (log)")
     ax.set_ylabel("images per second (log)")
-    ax.set_title("Measured throughput vs cost")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside, not over
-    fig.tight_layout()
-    path = directory / "throughput_vs_gflops.png"
-    fig.savefig(path)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, ax, "Measured throughput vs cost", directory / "throughput_vs_gflops.png"))
     energy = ok[ok["joules_per_img"].notna()] if "joules_per_img" in ok else ok.iloc[:0]
     if len(energy):
         fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
@@ -390,14 +384,8 @@ def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path)
         ax.set_yscale("log")
         ax.set_xlabel("joules per image (log)")
         ax.set_ylabel("images per second (log)")
-        ax.set_title("Throughput vs energy")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-        fig.tight_layout()
-        path = directory / "throughput_vs_energy.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, ax, "Throughput vs energy", directory / "throughput_vs_energy.png"))
     if ok["batch_size"].nunique() > 1:
         fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
         for name, group in ok.groupby(["n_downs", "features", "block_type", "upconv_type", "task", "mode"]):
@@ -405,14 +393,20 @@ def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path)
             ax.plot(group["batch_size"], group["peak_mem_mib"], marker="o", label=" ".join(map(str, name)))
         ax.set_xlabel("batch size")
         ax.set_ylabel("peak memory (MiB)")
-        ax.set_title("Memory vs batch size")
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-        fig.tight_layout()
-        path = directory / "memory_vs_batch.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, ax, "Memory vs batch size", directory / "memory_vs_batch.png"))
     return written
+
+
+def _save(fig: Any, ax: Any, title: str, path: Path) -> Path:
+    """Title, a legend beside the axes (never over the points), save, close."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def write_reports(directory: Path, rows: list[Row], envs: list[dict[str, Any]], title: str) -> list[Path]:
