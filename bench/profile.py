@@ -13,9 +13,11 @@ All counts are per image (batch 1): the generator's cost is linear in the batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -138,6 +140,34 @@ def cpu_model(spec: VariantSpec) -> UnetGenerator:
     return model.eval()
 
 
+@contextlib.contextmanager
+def _one_trace() -> Iterator[None]:
+    """Let fvcore's analyses of one model in one input share a single JIT trace.
+
+    fvcore traces the model once per analysis (``jit_analysis._get_scoped_trace_graph``); the graph is
+    only read afterwards, so the second analysis may reuse the first one's. Where that private function
+    is not there (another fvcore), each analysis traces as before.
+    """
+    from fvcore.nn import jit_analysis
+
+    original = getattr(jit_analysis, "_get_scoped_trace_graph", None)
+    if original is None:
+        yield
+        return
+    traced: dict[int, Any] = {}
+
+    def once(module: nn.Module, inputs: Any, aliases: Any) -> Any:
+        if id(module) not in traced:
+            traced[id(module)] = original(module, inputs, aliases)
+        return traced[id(module)]
+
+    jit_analysis._get_scoped_trace_graph = once
+    try:
+        yield
+    finally:
+        jit_analysis._get_scoped_trace_graph = original
+
+
 @dataclass
 class FvcoreCounts:
     total: int
@@ -150,15 +180,16 @@ class FvcoreCounts:
 def fvcore_counts(spec: VariantSpec, model: nn.Module | None = None) -> FvcoreCounts:
     """fvcore's multiply-adds (total, conv, per module) and activations, from a CPU trace.
 
-    fvcore cannot trace meta tensors, so this runs one real forward per analysis at batch 1.
-    Its per-operator warnings are silenced and returned in ``unsupported`` instead.
+    fvcore cannot trace meta tensors, so this traces one real forward at batch 1; both analyses read
+    the same trace (tracing is most of a static profile's time). Its per-operator warnings are
+    silenced and returned in ``unsupported`` instead.
     """
     from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
 
     model = model if model is not None else cpu_model(spec)
     x = torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
-    with torch.no_grad():
+    with torch.no_grad(), _one_trace():
         flops = FlopCountAnalysis(model, (x,))
         flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         total = int(flops.total())
