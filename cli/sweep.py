@@ -129,7 +129,7 @@ def sweep(
     """Profile every variant of a grid into a run folder, then write its reports.
 
     Without --static-only each valid variant is also measured (throughput, latency, memory, compile
-    cost) in its own child process, with the grid's [measure] options overridden by these flags.
+    cost) in a measuring child process, with the grid's [measure] options overridden by these flags.
 
     Example: nectargan-bench sweep bench/grids/default.toml --static-only --out results/runs/default
     """
