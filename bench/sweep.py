@@ -169,7 +169,8 @@ def prepare_run_dir(
         raise NectarGANError(f"output folder {directory} exists and is not a folder")
     if resume and not (JsonlStore(directory).exists() or (directory / ENV_FILE).is_file()):
         what = "does not exist" if not directory.exists() else f"holds no sweep (no {RESULTS_FILE} or {ENV_FILE})"
-        raise NectarGANError(f"nothing to resume in {directory}: it {what}; leave out --resume to start a new run")
+        raise NectarGANError(f"nothing to resume in {directory}: it {what}; start a new run there instead "
+                             "(without resume)")
     lock = RunLock(directory)
     try:
         _check_and_record(directory, grid, resume, shard_spec, command)
