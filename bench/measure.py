@@ -29,6 +29,7 @@ from bench.records import (
     Envelope,
     MeasureConfig,
     MeasureJob,
+    RawMeasurement,
     measured_figures,
 )
 from bench.store import JsonlStore, Row
@@ -217,6 +218,36 @@ class MeasuredPlan:
             return self._gan_flops[key]
         return flops["flops_train" if cfg.task == "train" else "flops_fwd"]
 
+    def _measure_isolated(self, spec: VariantSpec, configs: list[MeasureConfig], job_device: str,
+                          env: dict[str, str]) -> tuple[dict[MeasureConfig, RawMeasurement], dict[MeasureConfig, Row],
+                                                        int | None]:
+        """Measure ``configs``; a configuration that fails costs only itself: the rest are measured again
+        (the launcher gives a fresh child after any failure). Each pass ends with every configuration
+        measured or one more failed, so there are at most ``len(configs)`` passes.
+
+        Returns the raw measurements, a status and reason per failed configuration, and the threads used.
+        """
+        options = self.options
+        raws: dict[MeasureConfig, RawMeasurement] = {}
+        failures: dict[MeasureConfig, Row] = {}
+        pending, threads = list(configs), options.threads
+        while pending:
+            job = MeasureJob(job_device, spec.to_dict(), pending, options.blocks, options.min_block_s,
+                             options.threads, options.max_batch, options.cpu_mkldnn)
+            envelope = self.launcher.launch(job, env, self.limits)
+            threads = envelope.threads or threads
+            raws |= {raw.config: raw for raw in envelope.measurements if raw.config in pending}
+            pending = [c for c in pending if c not in raws]
+            if envelope.status == "ok":
+                failures |= {c: {"status": "error", "reason": "the child returned no result for this configuration"}
+                             for c in pending}
+                break
+            # the configuration that was running failed; a failure no configuration owns takes them all
+            culprits = [envelope.failed_config] if envelope.failed_config in pending else list(pending)
+            failures |= {c: {"status": envelope.status, "reason": envelope.error} for c in culprits}
+            pending = [c for c in pending if c not in culprits]
+        return raws, failures, threads
+
     def measure_variant(self, spec: VariantSpec, device: str, flops: dict[str, int]) -> list[Row]:
         """All measured rows of one variant on one device (configs that cannot run become invalid rows)."""
         options = self.options
@@ -231,27 +262,7 @@ class MeasuredPlan:
         if not runnable:
             return rows
         job_device, env = self._env(device)
-        results: dict[MeasureConfig, Row] = {}
-        pending = list(runnable)
-        raws: dict[MeasureConfig, object] = {}
-        threads = options.threads
-        while pending:  # each pass ends with every config measured or one more config failed
-            job = MeasureJob(job_device, spec.to_dict(), pending, options.blocks, options.min_block_s,
-                             options.threads, options.max_batch, options.cpu_mkldnn)
-            envelope = self.launcher.launch(job, env, self.limits)
-            threads = envelope.threads or threads
-            for raw in envelope.measurements:
-                if raw.config in pending:
-                    raws[raw.config] = raw
-            pending = [c for c in pending if c not in raws]
-            if envelope.status == "ok":
-                for cfg in pending:
-                    results[cfg] = {"status": "error", "reason": "the child returned no result for this configuration"}
-                break
-            culprits = [envelope.failed_config] if envelope.failed_config in pending else list(pending)
-            for cfg in culprits:  # unattributable failures take every pending config
-                results[cfg] = {"status": envelope.status, "reason": envelope.error}
-            pending = [c for c in pending if c not in culprits]
+        raws, failures, threads = self._measure_isolated(spec, runnable, job_device, env)
         warm: Envelope | None = None
         compiled = [c for c in raws if c.compiled]
         if options.warm_compile and compiled:
@@ -264,7 +275,7 @@ class MeasuredPlan:
             row = measured_row(spec, cfg, device, options.threads) | extra
             raw = raws.get(cfg)
             if raw is None:
-                rows.append(row | results[cfg])
+                rows.append(row | failures[cfg])
                 continue
             per_image = self._flops_per_image(spec, cfg, flops)
             warm_raw = warm.measurement(cfg) if warm is not None else None
