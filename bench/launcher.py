@@ -94,6 +94,7 @@ class _Child:
     """One ``bench.child`` process: a line reader for stdout, the last lines of stderr."""
 
     def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
         self.proc = subprocess.Popen(
             list(CHILD_COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             bufsize=1, start_new_session=True, env={**os.environ, **env},
@@ -157,7 +158,10 @@ class _Child:
         time.sleep(0.05)  # let the stderr reader drain the last lines
         said = " | ".join(list(self.stderr)[-3:])[-300:]
         detail = f" ({said})" if said else ""
-        return _failed("error", f"the measuring child died of {_signal_name(code)}{detail} in {note.where()}",
+        hint = ""
+        if code is not None and code < 0 and not self.env.get("CUDA_VISIBLE_DEVICES"):
+            hint = "; on the CPU see README 'Known issues' (--no-cpu-mkldnn)"
+        return _failed("error", f"the measuring child died of {_signal_name(code)}{detail} in {note.where()}{hint}",
                        note, measured)
 
     def kill(self) -> None:

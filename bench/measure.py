@@ -132,11 +132,26 @@ def measure_configs(spec: VariantSpec, options: MeasureOptions) -> list[MeasureC
     return configs
 
 
-def config_reason(cfg: MeasureConfig, device: str) -> str | None:
-    """Why ``cfg`` cannot run on ``device`` (None when it can)."""
+def config_reason(spec: VariantSpec, cfg: MeasureConfig, device: str) -> str | None:
+    """Why ``cfg`` cannot run on ``device`` (None when it can): a baseline outside training, a precision
+    the device lacks, or (gan_train) a discriminator the trainer itself would refuse."""
     if cfg.baseline and cfg.task not in BASELINE_TASKS:
         return f"mode {BASELINE_MODE!r} is NectarGAN's training loop: use it with task train or gan_train"
-    return precision_reason(cfg.precision, device)
+    reason = precision_reason(cfg.precision, device)
+    if reason is None and cfg.task == "gan_train":
+        import torch
+
+        from nectargan.errors import InvalidArgumentError
+        from nectargan.train.config import Resolved
+        from nectargan.train.loop import check_models
+
+        config = TrainConfig(generator=spec.model_kwargs(), d_layers=cfg.d_layers or TrainConfig.d_layers,
+                             d_features=cfg.d_features or TrainConfig.d_features)
+        try:
+            check_models(config, Resolved(torch.device(device), cfg.precision, False, False))
+        except InvalidArgumentError as exc:
+            reason = str(exc)
+    return reason
 
 
 def measured_row(spec: VariantSpec, cfg: MeasureConfig, device: str, threads: int | None) -> Row:
@@ -254,7 +269,7 @@ class MeasuredPlan:
         rows: list[Row] = []
         runnable = []
         for cfg in measure_configs(spec, options):
-            reason = config_reason(cfg, device)
+            reason = config_reason(spec, cfg, device)
             if reason:
                 rows.append(measured_row(spec, cfg, device, options.threads) | {"status": "invalid", "reason": reason})
             else:

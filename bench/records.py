@@ -30,6 +30,8 @@ COMPILE_MODES: dict[str, str | None] = {
 # Largest relative error of the output against eager fp32 that is expected for a precision.
 TOLERANCE: dict[str, float] = {"fp32": 1e-3, "tf32": 2e-2, "bf16": 1e-1, "fp16": 2e-2}
 MIB = 2**20
+# Other processes busier than this many cores during a CPU measurement: the row is flagged cpu_shared
+CPU_SHARED_CORES = 0.25
 # NVML clock throttle reasons that slow the chip down: SW power cap, HW slowdown, SW/HW thermal, power brake
 THROTTLE_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
 
@@ -138,6 +140,7 @@ class RawMeasurement:
     sm_clock_after_mhz: int | None = None
     throttle_reasons: int | None = None  # NVML's bitmask, OR-ed over the blocks
     gpu_shared: bool | None = None
+    cpu_others: float | None = None  # CPU: cores busy with other processes during the blocks (/proc/stat)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RawMeasurement:
@@ -236,6 +239,8 @@ def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: 
     if raw.energy_j is not None and timing.total_s > 0:
         images = len(raw.block_s) * raw.calls_per_block * cfg.batch_size
         figures |= {"joules_per_img": raw.energy_j / images, "avg_power_w": raw.energy_j / timing.total_s}
+    if raw.cpu_others is not None:
+        figures |= {"cpu_others": raw.cpu_others, "cpu_shared": raw.cpu_others > CPU_SHARED_CORES}
     if raw.sm_clock_before_mhz is not None or raw.throttle_reasons is not None:
         figures |= {"sm_clock_before_mhz": raw.sm_clock_before_mhz, "sm_clock_after_mhz": raw.sm_clock_after_mhz,
                     "throttle_reasons": raw.throttle_reasons,

@@ -41,7 +41,7 @@ MEASURE_COLUMNS = [
     "peak_reserved_mib", "compile_s", "compile_warm_s", "graph_breaks", "recompiles", "max_rel_err", "err_flag",
     "blocks", "calls_per_block", "measure_s", "max_batch", "above_ceiling", "cpu_mkldnn", "d_layers", "d_features",
     "flops_per_img", "joules_per_img", "avg_power_w", "sm_clock_before_mhz", "sm_clock_after_mhz", "throttle_reasons",
-    "throttled", "gpu_shared",
+    "throttled", "gpu_shared", "cpu_others", "cpu_shared",
 ]
 STATUS_ORDER = ["ok", "invalid", "error", "oom", "timeout"]
 
@@ -227,8 +227,11 @@ def baseline_speedups(measured: pd.DataFrame) -> pd.DataFrame:
         best = ours.loc[ours["img_per_s"].astype(float).idxmax()]
         same = base[base["batch_size"] == best["batch_size"]]
         one = base[base["batch_size"] == 1]
+        compared = [best, *(frame.iloc[0] for frame in (same, one) if len(frame))]
+        noisy = any(str(r.get("noisy")) == "True" for r in compared)
         out.append({
             "variant": variant, "task": task, "fastest": _config_label(best), "img_per_s": float(best["img_per_s"]),
+            "noisy": noisy,
             "baseline_img_per_s": float(same["img_per_s"].iloc[0]) if len(same) else None,
             "speedup_same_batch": float(best["img_per_s"]) / float(same["img_per_s"].iloc[0]) if len(same) else None,
             "baseline_b1_img_per_s": float(one["img_per_s"].iloc[0]) if len(one) else None,
@@ -251,11 +254,13 @@ def _baseline_markdown(measured: pd.DataFrame) -> list[str]:
         "NectarGAN loop img/s": table["baseline_img_per_s"].map(lambda v: "" if pd.isna(v) else f"{v:,.1f}"),
         "speed-up, same batch": table["speedup_same_batch"].map(x),
         "speed-up over NectarGAN at batch 1": table["speedup_vs_b1"].map(x),
+        "noisy": table["noisy"].map(lambda v: "**yes**" if v else ""),
     })
     return ["## Against NectarGAN's own loop", "",
             "The fastest configuration of each variant against NectarGAN's training loop (eager fp32, NCHW, D "
             "called on real and fake separately, `.item()` on every loss every step), measured interleaved in "
-            "the same run, at the same batch size and at NectarGAN's default batch 1.", "",
+            "the same run, at the same batch size and at NectarGAN's default batch 1 (timed in its own group). "
+            "A speed-up from a noisy row (IQR above 10 % of the median) is not to be trusted.", "",
             _markdown(shown, text_columns=3), ""]
 
 
@@ -289,6 +294,13 @@ def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> li
     if ceilings:
         out += ["Matmul ceiling (TFLOP/s, measured once per run): " + "; ".join(
             f"{d}: " + ", ".join(f"{p} {v:.3g}" for p, v in c.items()) for d, c in ceilings.items()) + ".", ""]
+    shared = int((ok["cpu_shared"] == True).sum())  # noqa: E712 - object column
+    if shared:
+        out += [f"**{shared} row(s) were measured while other processes kept the CPU busy** (flag *CPU shared*): "
+                "their timings are not to be trusted; measure on an idle machine, or with `--threads` below the "
+                "free cores.", ""]
+    if (measured["cpu_mkldnn"] == False).any():  # noqa: E712 - object column
+        out += ["oneDNN was off for the CPU rows (`cpu_mkldnn = false`, `--no-cpu-mkldnn`).", ""]
     if ok.empty:
         out += ["_No successful measurements._", ""]
     else:
@@ -309,9 +321,9 @@ def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> li
             "max rel err": ok["max_rel_err"].map(lambda v: f(v, ".1e")),
             "flags": [", ".join(x for x, on in (("noisy", n is True), ("error above tolerance", e is True),
                                                 ("above the ceiling", c is True), ("throttled", t is True),
-                                                ("GPU shared", g is True)) if on)
-                      for n, e, c, t, g in zip(ok["noisy"], ok["err_flag"], ok["above_ceiling"], ok["throttled"],
-                                               ok["gpu_shared"], strict=True)],
+                                                ("GPU shared", g is True), ("CPU shared", u is True)) if on)
+                      for n, e, c, t, g, u in zip(ok["noisy"], ok["err_flag"], ok["above_ceiling"], ok["throttled"],
+                                                  ok["gpu_shared"], ok["cpu_shared"], strict=True)],
         })
         if ok["compile_s"].isna().all():
             table = table.drop(columns=["compile s (cold/warm)"])
@@ -359,18 +371,19 @@ def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gflops = static.set_index("variant")["flops_fwd"].astype(float) / 1e9
     written = []
+    static_fwd = static.set_index("variant")["flops_fwd"].astype(float)
+    flops = pd.to_numeric(ok["flops_per_img"]).fillna(ok["variant"].map(static_fwd))  # rows older than the column
     fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
     markers = iter("osD^v<>")
     for (block, upconv), group in ok.groupby(["block_type", "upconv_type"], sort=True):
         marker = next(markers, "o")
-        for (task, mode), sub in group.groupby(["task", "mode"], sort=True):
-            ax.scatter(sub["variant"].map(gflops), sub["img_per_s"].astype(float), marker=marker, alpha=0.8,
-                       label=f"{block}+{upconv} {task} {mode}")
+        for (task, mode, layout, batch), sub in group.groupby(["task", "mode", "layout", "batch_size"], sort=True):
+            ax.scatter(flops[sub.index] / 1e9, sub["img_per_s"].astype(float), marker=marker,
+                       alpha=0.8, label=f"{block}+{upconv} {task} {mode} {layout} b{batch}")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("forward GFLOPs per image (log)")
+    ax.set_xlabel("GFLOPs per image of the task (log)")
     ax.set_ylabel("images per second (log)")
     ax.grid(True, which="both", alpha=0.3)
     written.append(_save(fig, ax, "Measured throughput vs cost", directory / "throughput_vs_gflops.png"))
@@ -390,7 +403,9 @@ def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path)
         fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
         for name, group in ok.groupby(["n_downs", "features", "block_type", "upconv_type", "task", "mode"]):
             group = group.sort_values("batch_size")
-            ax.plot(group["batch_size"], group["peak_mem_mib"], marker="o", label=" ".join(map(str, name)))
+            n_downs, features, block, upconv, task, mode = name
+            ax.plot(group["batch_size"], group["peak_mem_mib"], marker="o",
+                    label=f"{block}+{upconv} d{n_downs} f{features} {task} {mode}")
         ax.set_xlabel("batch size")
         ax.set_ylabel("peak memory (MiB)")
         written.append(_save(fig, ax, "Memory vs batch size", directory / "memory_vs_batch.png"))
@@ -566,10 +581,22 @@ def compare_dirs(dir_a: Path, dir_b: Path, out: Path | None = None, threshold: f
     ]
     if any(r.get("kind") == "measure" for r in [*rows_a, *rows_b]):
         m_only_a, m_only_b = _key_counts(rows_a, rows_b, "measure")
+        ok_a = {r["key"] for r in rows_a if r.get("kind") == "measure" and r.get("status") == "ok"}
+        ok_b = {r["key"] for r in rows_b if r.get("kind") == "measure" and r.get("status") == "ok"}
+        both = {r["key"] for r in rows_a if r.get("kind") == "measure"} & {r["key"] for r in rows_b}
         lines += ["## Measured", "",
                   f"{len(measured)} measurements in both (same variant, task, mode, precision, layout, batch and "
-                  f"device; ok in both); {m_only_a} only in A, {m_only_b} only in B. A ratio is *not significant* "
-                  "when the interquartile ranges of the two runs' per-call times overlap.", ""]
+                  f"device; ok in both); {m_only_a} only in A, {m_only_b} only in B; {len((ok_a - ok_b) & both)} ok "
+                  f"only in A and {len((ok_b - ok_a) & both)} ok only in B. A ratio is *not significant* when the "
+                  "interquartile ranges of the two runs' per-call times overlap; between two runs, a shared machine "
+                  "can drift more than that, so compare a run with a rerun of itself before trusting a threshold.",
+                  ""]
+        for setting in ("threads", "cpu_mkldnn"):
+            seen_a = {r.get(setting) for r in rows_a if r.get("kind") == "measure" and r.get("status") == "ok"}
+            seen_b = {r.get(setting) for r in rows_b if r.get("kind") == "measure" and r.get("status") == "ok"}
+            if seen_a and seen_b and seen_a != seen_b:
+                lines += [f"**The runs differ in `{setting}`** (A: {sorted(map(str, seen_a))}, B: "
+                          f"{sorted(map(str, seen_b))}): the ratios compare settings, not code.", ""]
         if len(measured):
             shown = measured[["variant", "task", "mode", "precision", "layout", "batch_size"]].copy()
             for column in COMPARED_MEASURED:

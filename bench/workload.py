@@ -212,13 +212,20 @@ def measure_group(
             progress(phase, cfg)
 
     frames_before = dynamo_counts()["frames"]
+    machine_before, own_before, wall_before = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
     results = measure_interleaved({c: w.call for c, w in workloads.items()}, timer, blocks, min_block_s,
                                   on_phase=on_phase)
     recompiles = dynamo_counts()["frames"] - frames_before
+    others = None
+    machine_after = _machine_busy_s()
+    if device.type == "cpu" and machine_before is not None and machine_after is not None:
+        busy = (machine_after - machine_before) - (_own_cpu_s() - own_before)
+        others = max(0.0, busy / max(time.perf_counter() - wall_before, 1e-9))
     for cfg, measurement in results.items():
         raw = raws[cfg]
         raw.block_s, raw.calls_per_block = measurement.block_s, measurement.calls_per_block
         raw.recompiles = recompiles
+        raw.cpu_others = others
         reading = energy.readings.get(cfg) if energy is not None else None
         if reading is not None:
             raw.energy_j = reading.joules if reading.complete else None
@@ -302,6 +309,22 @@ def _memory(workload: Workload, device: torch.device) -> tuple[int | None, int |
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base + workload.persistent_bytes
     return peak, torch.cuda.max_memory_reserved(device)
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def _rss_bytes() -> int | None:

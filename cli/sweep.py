@@ -82,7 +82,9 @@ def profile(
 
 
 def sweep(
-    grid: Annotated[str, typer.Argument(help="Grid TOML file, or a built-in grid name (default, smoke).")],
+    grid: Annotated[
+        str, typer.Argument(help="Grid TOML file, or a built-in grid name (default, smoke, gan-step, reference-gpu).")
+    ],
     static_only: Annotated[
         bool, typer.Option("--static-only", help="Count parameters, FLOPs and activations; no timing.")
     ] = False,
@@ -142,13 +144,14 @@ def sweep(
     loaded = load_grid(grid)
     shard_spec = parse_shard(shard) if shard else None
     plan: SweepPlan = StaticPlan()
-    if not static_only:
-        from bench.measure import MeasuredPlan, measure_options
+    from bench.measure import MeasuredPlan, measure_options
 
-        options = measure_options(loaded, device, task=task, mode=mode, precision=precision, layout=layout,
-                                  threads=threads, timeout_s=timeout, block_timeout_s=block_timeout,
-                                  cpu_mkldnn=cpu_mkldnn, blocks=blocks, min_block_s=min_block_s,
-                                  launcher=launcher, max_batch=max_batch)
+    # checked even with --static-only, so a misspelt option is never silently ignored
+    options = measure_options(loaded, device, task=task, mode=mode, precision=precision, layout=layout,
+                              threads=threads, timeout_s=timeout, block_timeout_s=block_timeout,
+                              cpu_mkldnn=cpu_mkldnn, blocks=blocks, min_block_s=min_block_s,
+                              launcher=launcher, max_batch=max_batch)
+    if not static_only:
         plan = MeasuredPlan(options)
         plan.devices()  # fail before anything is written
     if resume and out is None:

@@ -63,6 +63,7 @@ def test_measured_sweep_rows_are_sane(tmp_path):
     assert env["matmul_ceiling_tflops"]["cpu"]["fp32"] > 0
     assert "fp16" not in env["matmul_ceiling_tflops"]["cpu"]  # no ceiling for a precision that cannot run
     # memory is what the step needs (far below the ~400 MiB of the process), and training needs more
+    assert all(r["cpu_others"] >= 0 and isinstance(r["cpu_shared"], bool) for r in ok)  # /proc/stat read
     memory = {(r["block_type"], r["task"]): r["peak_mem_mib"] for r in ok}
     for block in ("UnetBlock", "ResidualUnetBlock"):
         assert 0 < memory[(block, "infer")] < memory[(block, "train")] < 100
@@ -310,3 +311,25 @@ def test_nectargan_loops_sync_every_loss_and_step_both_networks(monkeypatch):
     calls["item"] = 0
     nectargan_g_step(g, x, y)()
     assert calls["item"] == 1
+
+
+def test_a_busy_cpu_flags_the_row_and_a_too_deep_discriminator_is_invalid_up_front():
+    from bench.measure import config_reason
+    from bench.records import MeasureConfig, RawMeasurement, measured_figures
+    from bench.variant import VariantSpec
+
+    raw = RawMeasurement(MeasureConfig("infer", "eager", "fp32", "nchw", 2), block_s=[0.1] * 3, calls_per_block=5)
+    assert measured_figures(raw, 10**9, None).get("cpu_shared") is None  # not measured: no flag
+    raw.cpu_others = 1.2  # another process kept more than a core busy during the blocks
+    assert measured_figures(raw, 10**9, None)["cpu_shared"] is True
+    raw.cpu_others = 0.05
+    assert measured_figures(raw, 10**9, None)["cpu_shared"] is False
+    spec = VariantSpec(n_downs=3, features=4, input_size=32)
+    deep = MeasureConfig("gan_train", "eager", "fp32", "nchw", 2, d_layers=6, d_features=8)
+    assert "d_layers=6 is too deep for input_size=32" in config_reason(spec, deep, "cpu")
+    assert config_reason(spec, MeasureConfig("gan_train", "eager", "fp32", "nchw", 2, 3, 8), "cpu") is None
+
+
+def test_measure_flags_are_checked_with_static_only_too(tmp_path, capsys):
+    code = main(["sweep", "smoke", "--static-only", "--task", "inference", "--out", str(tmp_path / "run")])
+    assert code == 1 and "did you mean 'infer'" in capsys.readouterr().err and not (tmp_path / "run").exists()
