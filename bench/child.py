@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from bench.records import (
     CeilingJob,
@@ -52,15 +53,26 @@ def run_job(job: Job, progress: Progress | None = None) -> Envelope:
     """Run one job in this process and answer with its envelope; a failure names its configuration."""
     import torch
 
-    from bench import workload
-    from bench.variant import VariantSpec
 
     progress = progress or Progress()
     torch._dynamo.reset()  # a served child compiles many models: start each job with empty code caches
     if job.threads:
         torch.set_num_threads(int(job.threads))
     device = torch.device(job.device)
+    mkldnn = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = getattr(job, "cpu_mkldnn", True)
+    try:
+        return _run(job, progress, device)
+    finally:
+        torch.backends.mkldnn.enabled = mkldnn  # an inline job leaves the caller's setting as it found it
+
+
+def _run(job: Job, progress: Progress, device: Any) -> Envelope:
+    import torch
+
+    from bench import workload
+    from bench.variant import VariantSpec
+
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # as the trainer runs: the fastest convolution algorithms

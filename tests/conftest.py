@@ -52,7 +52,7 @@ d_features = 8
 def compiled_sweep(tmp_path_factory):
     """A measured sweep that compiles a forward and the whole GAN step once (the slow part of the suite,
     so it is shared; the G-only train step compiles the same forward and backward graphs): its exit code
-    and run folder. Its Inductor cache also makes the trainer's compile test warm (the same graphs)."""
+    and run folder."""
     from cli import main
 
     root = tmp_path_factory.mktemp("compiled")

@@ -282,10 +282,18 @@ layout = ["nchw", "channels_last"]
     crashed = rows["channels_last"]
     assert crashed["status"] == "ok" or ("died of" in crashed["reason"] and "phase" in crashed["reason"])
     assert code == (0 if crashed["status"] == "ok" else 1)
-    (tmp_path / "without").mkdir()
-    code, out = _sweep(tmp_path / "without", text, "--blocks", "2", "--no-cpu-mkldnn")
+    assert all(r["cpu_mkldnn"] is True for r in rows.values())
+
+
+def test_the_mkldnn_workaround_reaches_the_child_and_the_row(tmp_path):
+    import torch.backends.mkldnn
+
+    text = TINY.replace('precision = ["fp32", "fp16"]', 'precision = ["fp32"]').replace(
+        'block_type = ["UnetBlock", "ResidualUnetBlock"]', 'block_type = ["ResidualUnetBlock"]')
+    code, out = _sweep(tmp_path, text, "--blocks", "2", "--no-cpu-mkldnn", "--launcher", "inline")
     rows = [r for r in _rows(out) if r["kind"] == "measure"]
-    assert code == 0 and all(r["status"] == "ok" and r["cpu_mkldnn"] is False for r in rows)
+    assert code == 0 and rows and all(r["status"] == "ok" and r["cpu_mkldnn"] is False for r in rows)
+    assert torch.backends.mkldnn.enabled  # the inline job restored this process's setting
 
 
 def test_nectargan_loops_sync_every_loss_and_step_both_networks(monkeypatch):

@@ -164,12 +164,18 @@ def test_existing_run_folder_is_not_overwritten(sample_dataset, tmp_path):
     assert (tmp_path / "run" / "metrics.csv").read_bytes() == before
 
 
-@pytest.mark.slow
-def test_compiled_step_does_not_recompile(sample_dataset, compiled_sweep, monkeypatch):
-    # the sweep compiled the same three graphs (64 px, n_downs 3, features 8, D 3 x 8, batch 8) into its
-    # Inductor cache: reusing it keeps this test from compiling them cold a second time
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(compiled_sweep[1] / "inductor-cache"))
-    summary = fit(_config(sample_dataset, steps=8, eval_every=4, compile=True, batch_size=8))
-    assert summary["compile"] and summary["graph_breaks"] == 0
-    assert summary["recompiles_after_warmup"] == 0
-    assert math.isfinite(summary["val_l1"])
+def test_fit_counts_only_its_own_graph_breaks_and_the_recompiles_after_warm_up(sample_dataset, monkeypatch):
+    """The accounting of compiled runs (the compiled step itself is measured, with 0 breaks and 0 recompiles,
+    by the shared compiled sweep: tests/test_measure.py::test_gan_step_rows_flops_and_the_nectargan_baseline)."""
+    from nectargan.train import loop
+
+    counts = {"frames": 100, "graph_breaks": 7}  # what earlier runs in this process left behind
+
+    def dynamo_counts():
+        counts["frames"] += 1  # every reading sees one more compiled frame
+        return dict(counts)
+
+    monkeypatch.setattr(loop, "dynamo_counts", dynamo_counts)
+    summary = fit(_config(sample_dataset, steps=6, eval_every=3))
+    assert summary["graph_breaks"] == 0  # the 7 breaks were not this run's
+    assert summary["recompiles_after_warmup"] == 1  # frames between the warm-up reading and the end
