@@ -32,7 +32,7 @@ def study(
 
     Example: nectargan-bench study studies/smoke.toml --storage sqlite:///results/studies.db --workers 2
     """
-    from studies.runner import StudyRun, run_study
+    from studies.runner import StudyInterrupted, StudyRun, run_study
 
     run = StudyRun(config_path=config, storage=storage, study_name=study_name, n_trials=n_trials,
                    timeout_s=timeout, workers=workers, out_root=str(out) if out else None, heartbeat_s=heartbeat)
@@ -44,6 +44,10 @@ def study(
 
     try:
         summary = run_study(run, on_progress=on_progress)
+    except StudyInterrupted as exc:
+        bar.stop()
+        stderr.print(exc.message, highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(130) from None
     finally:
         bar.stop()
     states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items()) or "none"
@@ -55,9 +59,9 @@ def study(
 def study_report(
     storage: Annotated[str, typer.Argument(help="The study's storage URL.")],
     study_name: Annotated[str, typer.Option("--study", help="Study name.")],
-    out: Annotated[Path, typer.Option(help="Folder for trials.csv, report.md and plots.")],
+    out: Annotated[Path, typer.Option(help="Folder for trials.csv, report.md, plots and the image grid.")],
 ) -> None:
-    """Write trials.csv, report.md (best trials or Pareto front, importances, pruned/failed) and plots.
+    """Write trials.csv, report.md (front against the baseline, importances, pruned/failed), plots and a grid.
 
     Example: nectargan-bench study-report sqlite:///results/studies.db --study smoke --out results/study-smoke
     """
@@ -65,12 +69,21 @@ def study_report(
 
     written = write_study_report(storage, study_name, out)
     stderr.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+    grid = next((p for p in written if p.name == "grid.png"), None)
+    if grid is not None:
+        stderr.print(f"Image grid: {grid}", highlight=False, soft_wrap=True)
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise typer.BadParameter(f"{value} is not a port: use 1 to 65535")
+    return value
 
 
 def dashboard(
     storage: Annotated[str, typer.Argument(help="Storage URL.")] = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    port: Annotated[int, typer.Option(callback=_port, help="Port (1-65535).")] = 8080,
     artifacts: Annotated[Path | None, typer.Option(help="Artifact folder (default: beside the storage).")] = None,
 ) -> None:
     """Serve optuna-dashboard on a study storage, with the trials' sample images.
@@ -83,8 +96,8 @@ def dashboard(
         raise NectarGANError("optuna-dashboard is not installed: pip install optuna-dashboard") from None
     from studies.storage import artifact_store, open_storage
 
-    opened = open_storage(storage)
-    store = artifact_store(storage, artifacts)
+    opened = open_storage(storage, must_exist=True)
+    store = artifact_store(storage, artifacts, create=False)
     stderr.print(f"optuna-dashboard on {storage}: http://{host}:{port}/ (Ctrl-C to stop)",
                  highlight=False, soft_wrap=True)
     optuna_dashboard.run_server(opened, host=host, port=port, artifact_store=store)

@@ -6,11 +6,12 @@ Example (``studies/smoke.toml``)::
 
     [study]
     name = "smoke"
-    objectives = ["val_l1"]            # or several: a multi-objective study with a Pareto front
+    objectives = ["val_psnr", "infer_img_per_s"]  # several: a multi-objective study with a Pareto front
     sampler = "tpe"                    # tpe (multivariate, grouped) | nsga2 | gp | random
-    pruner = "median"                  # median | hyperband | none (must be none with several objectives)
+    pruner = "none"                    # median | hyperband | none (must be none with several objectives)
     seed = 0
     n_trials = 6
+    baseline = true                    # trial 0 is NectarGAN's default generator (see studies.baseline)
 
     [data]                             # built from scikit-image's photos when missing and task is given
     path = "results/data/edges2photo-64"
@@ -21,6 +22,8 @@ Example (``studies/smoke.toml``)::
     seconds = 120
     eval_every = 50
     trial_timeout_s = 300              # a trial still running then is pruned with the reason
+    infer_blocks = 3                   # the trained generator's inference timing (studies.speed)
+    infer_min_block_s = 0.1
 
     [space]                            # a list is categorical; a table is a range
     n_downs = [3, 4]
@@ -42,10 +45,11 @@ from typing import Any
 from bench.tomlfile import check_keys, number, parse_toml, read_toml, section
 from nectargan.errors import NectarGANError, did_you_mean
 
-# name -> (direction, description)
+# name -> direction. img_per_s is training throughput; infer_img_per_s the trained generator's
+# no-grad forward, timed after training on the study's device (studies.speed).
 OBJECTIVES: dict[str, str] = {
     "val_l1": "minimize", "val_psnr": "maximize", "val_ssim": "maximize",
-    "img_per_s": "maximize", "gflops": "minimize", "params": "minimize",
+    "img_per_s": "maximize", "infer_img_per_s": "maximize", "gflops": "minimize", "params": "minimize",
 }
 ARCH_PARAMS = {"n_downs": int, "features": int, "block_type": str, "upconv_type": str, "use_dropout_layers": int}
 TRAIN_PARAMS = {"lr": float, "beta1": float, "lambda_l1": float, "batch_size": int}
@@ -57,9 +61,9 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PRUNERS = ("median", "hyperband", "none")
 CONSTRAINTS = {"max_params": "params", "max_gflops": "gflops", "max_peak_mem_mib": "peak_mem_mib"}
 SECTIONS = ("description", "study", "data", "budget", "space", "fixed", "constraints")
-STUDY_KEYS = ("name", "objectives", "sampler", "pruner", "seed", "n_trials")
+STUDY_KEYS = ("name", "objectives", "sampler", "pruner", "seed", "n_trials", "baseline")
 DATA_KEYS = ("path", "task", "size", "count", "seed")
-BUDGET_KEYS = ("steps", "seconds", "eval_every", "trial_timeout_s")
+BUDGET_KEYS = ("steps", "seconds", "eval_every", "trial_timeout_s", "infer_blocks", "infer_min_block_s")
 BUILTIN = Path(__file__).parent
 
 
@@ -101,6 +105,9 @@ class StudyConfig:
     seconds: float | None = None
     eval_every: int = 50
     trial_timeout_s: float | None = None
+    infer_blocks: int = 3
+    infer_min_block_s: float = 0.1
+    baseline: bool = True
     description: str = ""
     source: str = "<string>"
     sha256: str = ""
@@ -201,6 +208,12 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
     timeout = budget.get("trial_timeout_s")
     if timeout is not None:
         _number(f"{where}: [budget].trial_timeout_s", timeout, float, 0.001)
+    infer_blocks = _number(f"{where}: [budget].infer_blocks", budget.get("infer_blocks", 3), int, 1)
+    infer_min_block_s = number(f"{where}: [budget].infer_min_block_s", budget.get("infer_min_block_s", 0.1),
+                               StudyConfigError, above=0)
+    baseline = study.get("baseline", True)
+    if not isinstance(baseline, bool):
+        raise StudyConfigError(f"{where}: [study].baseline = {baseline!r} must be true or false")
     name_value = study.get("name", name)
     if not isinstance(name_value, str) or not name_value:
         raise StudyConfigError(f"{where}: [study].name must be a non-empty string")
@@ -235,6 +248,9 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
         seconds=seconds,
         eval_every=eval_every,
         trial_timeout_s=timeout,
+        infer_blocks=infer_blocks,
+        infer_min_block_s=float(infer_min_block_s),
+        baseline=baseline,
         description=description,
         source=source,
         sha256=sha256,

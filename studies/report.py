@@ -1,22 +1,50 @@
-"""Study reports: trials.csv, report.md (best trials or the Pareto front, importances, pruned and failed
-trials with reasons) and PNG plots from Optuna's matplotlib visualisation."""
+"""Study reports: the answer against the baseline, the front, importances, pruned and failed trials.
+
+``write_study_report`` writes into its folder:
+
+* ``trials.csv``: one row per trial; objective values as ``value_<objective>``, parameters as
+  ``param_<name>``, user attributes under their own names (lists and tables as JSON), so every
+  column name is unique;
+* ``report.md``: the answer (a generated paragraph: the baseline, the best quality, the fastest trial
+  within 0.5 dB of the baseline), the budget and whether it was fair, the Pareto front (or the best
+  trials) with the baseline's row and each trial's dB and speed-up against it, parameter importances
+  (searched trials only, parameters that varied, with a caveat under 10 trials), pruned and failed
+  trials with their reasons, and the plots;
+* ``pareto_front.png`` (quality against measured inference speed, the front joined, the baseline
+  marked), Optuna's ``history.png`` and ``importances.png``;
+* ``grid.png``: input | baseline | best quality | fastest within 0.5 dB | target for a few val
+  images, also uploaded as an artifact of the study (optuna-dashboard shows it).
+
+It only reads the storage, except for that artifact (uploaded again only when the grid changed).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
 
 from nectargan.errors import NectarGANError
-from studies.storage import open_storage
+from studies.answer import TOLERANCE_DB, Answer, analyse, number, row_extras
+from studies.baseline import is_baseline
+from studies.config import TRAIN_PARAMS
+from studies.storage import StorageError, artifact_store, open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+MIN_TRIALS_FOR_IMPORTANCE = 10
+ROW_ATTRS = ("params", "gflops", "infer_img_per_s", "train_img_per_s", "images")
 
 
 def load(storage_url: str, name: str) -> optuna.Study:
-    storage = open_storage(storage_url)
+    """The study ``name``; a missing storage file or study is a one-line error (nothing is created)."""
+    storage = open_storage(storage_url, must_exist=True)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -24,26 +52,51 @@ def load(storage_url: str, name: str) -> optuna.Study:
         raise NectarGANError(
             f"study {name!r} is not in {storage_url}; studies there: {', '.join(names) or 'none'}"
         ) from None
+    except Exception as exc:  # sqlalchemy's errors for a file that is not an Optuna database
+        raise StorageError(f"storage {storage_url!r} holds no Optuna studies: {type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:200]}") from None
 
 
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs", "duration"))
-    names = _objective_names(study)
-    values = {"value": names[0]} if "value" in frame else {f"values_{i}": n for i, n in enumerate(names)}
-    frame = frame.rename(columns=lambda c: c.replace("user_attrs_", "")).rename(columns=values)
-    if "duration" in frame:
-        frame["duration_s"] = frame.pop("duration").dt.total_seconds()
-    return frame
-
-
-def _objective_names(study: optuna.Study) -> list[str]:
+def objective_names(study: optuna.Study) -> list[str]:
     names = study.user_attrs.get("objectives")
     return list(names) if names else [f"objective_{i}" for i in range(len(study.directions))]
 
 
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+def _cell(value: Any) -> Any:
+    if isinstance(value, list | dict | tuple):
+        return json.dumps(value)
+    return value
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial; every column name unique (see the module docstring)."""
+    names = objective_names(study)
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name,
+                               "baseline": is_baseline(trial)}
+        values = trial.values or [None] * len(names)
+        row |= {f"value_{n}": v for n, v in zip(names, values, strict=False)}
+        row |= {f"param_{k}": v for k, v in trial.params.items()}
+        for key, value in trial.user_attrs.items():
+            if key == "baseline":
+                continue
+            row[key if key not in row else f"attr_{key}"] = _cell(value)
+        row |= {f"constraint_{k}": v for k, v in trial.constraints.items()}
+        row["duration_s"] = trial.duration.total_seconds() if trial.duration else None
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    first = ["number", "state", "baseline", *[f"value_{n}" for n in names]]
+    groups = [first, sorted(c for c in frame if c.startswith("param_"))]
+    rest = sorted(c for c in frame if c not in groups[0] and c not in groups[1])
+    return frame[[c for c in [*first, *groups[1], *rest] if c in frame]]
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -56,57 +109,150 @@ def _table(rows: list[dict]) -> str:
     return frame.map(_fmt).to_markdown(index=False, disable_numparse=True)
 
 
+def _training_settings(trial: FrozenTrial) -> dict[str, Any]:
+    """The training settings (the variant's name holds the architecture)."""
+    settings = trial.user_attrs.get("settings")
+    settings = dict(settings) if isinstance(settings, dict) else dict(trial.params)
+    return {k: settings.get(k) for k in TRAIN_PARAMS}
+
+
+def _row(trial: FrozenTrial, objectives: list[str], baseline: FrozenTrial | None) -> dict[str, Any]:
+    label = f"{trial.number} (baseline)" if is_baseline(trial) else str(trial.number)
+    extras = row_extras(trial, baseline)
+    row = {"trial": label, "variant": trial.user_attrs.get("variant", ""),
+           "val_psnr": number(trial, "val_psnr"), "dB vs baseline": extras["d_psnr_db"],
+           "val_ssim": number(trial, "val_ssim"), "SSIM vs baseline": extras["d_ssim"],
+           "infer_img_per_s": number(trial, "infer_img_per_s"), "speed-up": extras["speedup_x"]}
+    values = dict(zip(objectives, trial.values or [], strict=False))
+    row |= {k: v for k, v in values.items() if k not in row}  # objectives not shown above (val_l1, ...)
+    row |= {k: trial.user_attrs.get(k) for k in ROW_ATTRS if k not in row}
+    return row | _training_settings(trial)
+
+
+def _check_out(out: Path) -> None:
+    if (out / "results.jsonl").exists():
+        raise NectarGANError(f"{out} holds a sweep run (results.jsonl); its report.md would be overwritten: "
+                             "choose another --out folder for the study report")
+    if out.exists() and not out.is_dir():
+        raise NectarGANError(f"--out {out} is a file; give a folder")
+
+
 def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
-    """Write trials.csv, report.md and plots for study ``name`` into ``out``; return the paths."""
+    """Write the report of study ``name`` into ``out`` (see the module docstring); return the paths."""
+    _check_out(out)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load(storage_url, name)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    frame = trials_frame(study)
-    frame.to_csv(out / "trials.csv", index=False)
+    trials_frame(study).to_csv(out / "trials.csv", index=False)
     written.append(out / "trials.csv")
-    objectives = _objective_names(study)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    lines = [f"# Study `{name}`", "", f"Storage `{storage_url}`; {len(study.trials)} trials: "
-             + ", ".join(f"{n} {s.name.lower()}" for s in optuna.trial.TrialState
-                         if (n := sum(1 for t in study.trials if t.state == s))) + ".",
+    objectives = objective_names(study)
+    trials = study.get_trials(deepcopy=False)
+    answer = analyse(study)
+    lines = [f"# Study `{name}`", "", f"Storage `{storage_url}`; {len(trials)} trials: "
+             + ", ".join(f"{n} {s.name.lower()}" for s in TrialState
+                         if (n := sum(1 for t in trials if t.state == s))) + ".",
              "Objectives: " + ", ".join(f"{o} ({d.name.lower()})" for o, d in zip(objectives, study.directions,
                                                                                    strict=True)) + ".", ""]
-
-    def row(trial: optuna.trial.FrozenTrial) -> dict:
-        values = dict(zip(objectives, trial.values or [], strict=False))
-        attrs = {k: trial.user_attrs.get(k) for k in ("variant", "params", "gflops", "train_img_per_s")}
-        return {"trial": trial.number, **values, **attrs, **trial.params}
-
-    if complete:
+    lines += ["## Answer", "", " ".join(answer.sentences), ""]
+    if answer.budget:
+        lines += [" ".join(answer.budget), ""]
+    lines += [item for w in answer.warnings for item in (f"**{w}**", "")]
+    lines += _device_note(answer)
+    rows_of = [answer.baseline] if answer.baseline is not None else []
+    if answer.complete:
         if len(study.directions) == 1:
             reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-            best = sorted(complete, key=lambda t: t.value, reverse=reverse)[:10]
-            lines += ["## Best trials", "", _table([row(t) for t in best]), ""]
-        else:
-            lines += ["## Pareto front", "", _table([row(t) for t in study.best_trials]), ""]
-    if len(complete) >= 2 and study.trials[0].params:
-        try:
-            with warnings.catch_warnings():  # the target is already sign-corrected (see _first_target)
-                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator", category=UserWarning)
-                importances = optuna.importance.get_param_importances(study, target=_first_target(study))
-            lines += ["## Parameter importances (Optuna's default evaluator, first objective)", "",
-                      _table([{"parameter": k, "importance": v} for k, v in importances.items()]), ""]
-        except (RuntimeError, ValueError, ZeroDivisionError) as exc:
-            lines += ["## Parameter importances", "", f"_not available: {exc}_", ""]
-    for state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL):
-        trials = [t for t in study.trials if t.state == state]
-        if trials:
+            best = sorted(answer.complete, key=lambda t: t.value, reverse=reverse)[:10]
+            shown = rows_of + [t for t in best if not is_baseline(t)]
+            lines += ["## Best trials", "", _table([_row(t, objectives, answer.baseline) for t in shown]), ""]
+        shown = rows_of + [t for t in answer.front if not is_baseline(t)]
+        front_name = "Pareto front" if len(study.directions) > 1 else "Quality-speed front (PSNR against infer img/s)"
+        lines += [f"## {front_name}", "", "The baseline's row first (marked), then the front; dB and speed-up are "
+                  "against the baseline.", "", _table([_row(t, objectives, answer.baseline) for t in shown]), ""]
+    lines += _importances(study, answer)
+    for state in (TrialState.PRUNED, TrialState.FAIL):
+        failed = [t for t in trials if t.state == state]
+        if failed:
             lines += [f"## {state.name.title()} trials", "", _table([
                 {"trial": t.number, "variant": t.user_attrs.get("variant", ""),
                  "reason": str(t.user_attrs.get("reason", t.system_attrs.get("fail_reason", "")))
-                 .replace("|", "\\|")} for t in trials]), ""]
-    plots = _plots(study, out)
-    written += plots
+                 .replace("|", "\\|")} for t in failed]), ""]
+    grid, notes = _grid(study, storage_url, answer, out)
+    if grid is not None or notes:
+        lines += ["## Images", "", *([f"![grid]({grid.name})", ""] if grid else []),
+                  *[f"- {note}" for note in notes], ""]
+    plots = _plots(study, answer, out)
     if plots:
         lines += ["## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    written.insert(1, out / "report.md")
-    return written
+    written.append(out / "report.md")
+    return written + plots + ([grid] if grid else [])
+
+
+def _device_note(answer: Answer) -> list[str]:
+    timed = [t for t in answer.complete if number(t, "infer_img_per_s") is not None]
+    if not timed:
+        return []
+    modes = sorted({str(t.user_attrs.get("infer_mode")) for t in timed})
+    noisy = [t.number for t in timed if t.user_attrs.get("infer_noisy")]
+    text = (f"Inference speed: the trained generator's no-grad forward at the trial's batch size ({', '.join(modes)}), "
+            "timed after training with the harness's blocked timer (median of the blocks); the speed-up over the "
+            "baseline comes from blocks interleaved with the baseline's architecture in the same trial, so it "
+            "holds better than the absolute img/s when the machine's load changes between trials.")
+    if noisy:
+        text += f" Noisy timings (IQR > 10 % of the median): trials {', '.join(map(str, noisy))}."
+    devices = sorted({str(t.user_attrs["device"]) for t in timed if t.user_attrs.get("device")})
+    loads = [x for t in timed if (x := number(t, "load_avg_1m")) is not None]
+    machine = []
+    if devices:
+        machine.append(f"Device: {'; '.join(devices)}.")
+    if loads:
+        machine.append(f"1-minute load average when timed: {min(loads):.1f} to {max(loads):.1f}.")
+    return [text, "", *([" ".join(machine), ""] if machine else [])]
+
+
+def _importances(study: optuna.Study, answer: Answer) -> list[str]:
+    """Importances over the searched trials (not the baseline) and the parameters that varied."""
+    searched = [t for t in answer.complete if not is_baseline(t)]
+    varying = _varying(searched)
+    if len(searched) < 2:
+        return []
+    if not varying:
+        return ["## Parameter importances", "", "_No searched parameter took more than one value._", ""]
+    caveat = ""
+    if len(searched) < MIN_TRIALS_FOR_IMPORTANCE:
+        caveat = (f"_Only {len(searched)} searched trials completed: importances from fewer than "
+                  f"{MIN_TRIALS_FOR_IMPORTANCE} trials are noise more than signal; read them as a hint._\n\n")
+    constant = sorted({k for t in searched for k in t.params} - set(varying))
+    left_out = f" Left out (never varied): {', '.join(constant)}." if constant else ""
+    try:
+        importances = _param_importances(_searched_study(study, searched), varying)
+    except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+        return ["## Parameter importances", "", f"_not available: {exc}_", ""]
+    return ["## Parameter importances (Optuna's default evaluator, first objective)", "",
+            caveat + f"Over {len(searched)} searched trials; the baseline is left out.{left_out}", "",
+            _table([{"parameter": k, "importance": v} for k, v in importances.items()]), ""]
+
+
+def _varying(trials: list[FrozenTrial]) -> list[str]:
+    names: list[str] = []
+    for trial in trials:
+        names += [k for k in trial.params if k not in names]
+    return [k for k in names if all(k in t.params for t in trials)
+            and len({json.dumps(t.params[k]) for t in trials}) > 1]
+
+
+def _searched_study(study: optuna.Study, searched: list[FrozenTrial]) -> optuna.Study:
+    copy = optuna.create_study(directions=study.directions)
+    copy.add_trials(searched)
+    return copy
+
+
+def _param_importances(study: optuna.Study, params: list[str]) -> dict[str, float]:
+    with warnings.catch_warnings():  # the target is already sign-corrected (see _first_target)
+        warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator", category=UserWarning)
+        return optuna.importance.get_param_importances(study, target=_first_target(study), params=params)
 
 
 def _first_target(study: optuna.Study):
@@ -117,27 +263,68 @@ def _first_target(study: optuna.Study):
     return lambda t: sign * t.values[0]
 
 
-def _plots(study: optuna.Study, out: Path) -> list[Path]:
+def _grid(study: optuna.Study, storage_url: str, answer: Answer, out: Path) -> tuple[Path | None, list[str]]:
+    """The image grid, uploaded as a study artifact when it changed."""
+    from studies.grid import write_grid
+
+    columns: list[tuple[str, FrozenTrial]] = []
+    if answer.baseline is not None:
+        columns.append((f"baseline t{answer.baseline.number}\n{_label(answer.baseline)}", answer.baseline))
+    best, fast = answer.best_quality, answer.fastest_close
+    if best is not None:
+        both = fast is not None and fast.number == best.number
+        columns.append((f"best PSNR{' & fastest' if both else ''} t{best.number}\n{_label(best)}", best))
+    if fast is not None and (best is None or fast.number != best.number):
+        columns.append((f"fastest <={TOLERANCE_DB} dB t{fast.number}\n{_label(fast)}", fast))
+    if not columns:
+        return None, []
+    path, notes = write_grid(columns, out / "grid.png")
+    if path is not None:
+        _upload(study, storage_url, path)
+    return path, notes
+
+
+def _label(trial: FrozenTrial) -> str:
+    psnr, speed = number(trial, "val_psnr"), number(trial, "infer_img_per_s")
+    if psnr is None:
+        return ""
+    return f"{psnr:.2f} dB" + (f" {speed:.0f} img/s" if speed and speed >= 100 else f" {speed:.3g} img/s"
+                               if speed else "")
+
+
+def _upload(study: optuna.Study, storage_url: str, path: Path) -> None:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if study.user_attrs.get("grid_sha256") == digest:
+        return
+    artifact_id = optuna.artifacts.upload_artifact(
+        artifact_store=artifact_store(storage_url), file_path=str(path), study_or_trial=study,
+        mimetype="image/png",
+    )
+    study.set_user_attr("grid_artifact_id", artifact_id)
+    study.set_user_attr("grid_sha256", digest)
+
+
+def _plots(study: optuna.Study, answer: Answer, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    if not answer.complete:
         return []
-    names = _objective_names(study)
-    jobs = []
+    names = objective_names(study)
+    jobs = [("pareto_front", lambda: _front_plot(answer))]
     if len(study.directions) == 1:
         jobs.append(("history", lambda: ovm.plot_optimization_history(study, target_name=names[0])))
     else:
         jobs.append(("history", lambda: ovm.plot_optimization_history(
             study, target=lambda t: t.values[0], target_name=names[0])))
-        jobs.append(("pareto_front", lambda: ovm.plot_pareto_front(study, target_names=names)))
-    if len(complete) >= 2 and study.trials[0].params:
+    searched = [t for t in answer.complete if not is_baseline(t)]
+    varying = _varying(searched)
+    if len(searched) >= 2 and varying:
         jobs.append(("importances", lambda: ovm.plot_param_importances(
-            study, target=_first_target(study), target_name=names[0])))
+            _searched_study(study, searched), params=varying, target=_first_target(study), target_name=names[0])))
     written = []
     for stem, make in jobs:
         try:
@@ -145,6 +332,8 @@ def _plots(study: optuna.Study, out: Path) -> list[Path]:
                 warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator", category=UserWarning)
                 axes = make()
         except (ValueError, RuntimeError, ZeroDivisionError):
+            continue
+        if axes is None:
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
         figure.set_size_inches(7, 4.5)
@@ -154,3 +343,35 @@ def _plots(study: optuna.Study, out: Path) -> list[Path]:
         plt.close(figure)
         written.append(path)
     return written
+
+
+def _front_plot(answer: Answer):
+    """Val PSNR against measured inference img/s: every complete trial, the front joined, the baseline a star."""
+    import matplotlib.pyplot as plt
+
+    points = [(t, number(t, "infer_img_per_s"), number(t, "val_psnr")) for t in answer.complete]
+    points = [(t, s, q) for t, s, q in points if s is not None and q is not None]
+    if not points:
+        return None
+    _figure, axes = plt.subplots()
+    front = {t.number for t in answer.front}
+    others = [(s, q) for t, s, q in points if t.number not in front and not is_baseline(t)]
+    if others:
+        axes.scatter(*zip(*others, strict=True), color="0.65", s=18, label="trials")
+    on_front = sorted(((s, q, t) for t, s, q in points if t.number in front), key=lambda p: p[0])
+    if on_front:
+        axes.plot([p[0] for p in on_front], [p[1] for p in on_front], "o-", color="tab:blue", label="front")
+        for s, q, t in on_front:
+            axes.annotate(str(t.number), (s, q), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if answer.baseline is not None:
+        s, q = number(answer.baseline, "infer_img_per_s"), number(answer.baseline, "val_psnr")
+        if s is not None and q is not None:
+            axes.scatter([s], [q], marker="*", s=220, color="tab:red", zorder=5,
+                         label=f"baseline (NectarGAN default, trial {answer.baseline.number})")
+            axes.axhline(q - TOLERANCE_DB, color="tab:red", lw=0.6, ls=":", label=f"baseline - {TOLERANCE_DB} dB")
+    axes.set_xscale("log")
+    axes.set_xlabel("inference img/s (measured after training)")
+    axes.set_ylabel("val PSNR (dB)")
+    axes.set_title("Quality against measured speed")
+    axes.legend(fontsize=7, loc="best")
+    return axes

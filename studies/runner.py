@@ -3,14 +3,28 @@
 Each worker is an ordinary ``study.optimize`` loop against the shared storage with its own sampler
 seed; there is no coordinator beyond Optuna's storage. ``n_trials`` is the number of trials this
 invocation adds, split between the workers, so running the same command again adds as many more.
+
+The process that creates the study enqueues the baseline (:mod:`studies.baseline`), so it is trial 0.
+An existing study is checked against the config before anything is written: the same directions
+and a compatible space (:func:`studies.space.check_against_study`).
+
+Ctrl-C: the running trial is marked FAIL with reason ``interrupted (Ctrl-C)``, finished trials stay
+in the storage, and :func:`run_study` raises :class:`StudyInterrupted` (a ``KeyboardInterrupt``)
+with a one-line account; workers are interrupted too and exit quietly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +33,47 @@ import optuna
 
 from nectargan.errors import NectarGANError
 from nectargan.train import NonFiniteLossError
+from studies.baseline import baseline_settings, enqueue_baseline, why_no_baseline
 from studies.config import StudyConfig, load_study_config
-from studies.objective import run_trial
-from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S, artifact_store, open_storage
+from studies.objective import INTERRUPTED, run_trial
+from studies.space import check_against_study
+from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S, artifact_store, file_lock, open_storage, sqlite_path
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 STUDIES_ROOT = Path("results/studies")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+WORKER_STOP_S = 60  # how long interrupted workers get to mark their trials before they are terminated
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a study; ``message`` says what was kept and how to continue."""
+
+    def __init__(self, message: str, summary: dict[str, Any]):
+        super().__init__(message)
+        self.message = message
+        self.summary = summary
+
+
+class _NoTracebacks(logging.Filter):
+    """Optuna logs a failed trial with its traceback; trials carry their reason, so keep one line.
+
+    An interrupted trial is not logged at all (the command says it), nor its "failed with value None".
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            return False
+        if "failed with value None" in record.getMessage():
+            return False
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _quiet_failed_trials() -> None:
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _NoTracebacks) for f in logger.filters):
+        logger.addFilter(_NoTracebacks())
 
 
 @dataclass(frozen=True)
@@ -87,27 +135,83 @@ def ensure_data(config: StudyConfig) -> None:
                          seed=config.data_seed)
 
 
+def _load(storage: optuna.storages.BaseStorage, name: str, **kwargs) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=storage, **kwargs)
+    except KeyError:
+        return None
+
+
+def check_existing(run: StudyRun, config: StudyConfig, study: optuna.Study) -> None:
+    """Refuse a config that cannot continue ``study`` (directions, space); reads only."""
+    stored = [d.name.lower() for d in study.directions]
+    if stored != config.directions:
+        raise NectarGANError(
+            f"study {study.study_name!r} in {run.storage} optimises {stored}, not {config.directions} "
+            f"({', '.join(config.objectives)}); choose another study name"
+        )
+    check_against_study(study, config.space, config.source)
+
+
 def open_study(run: StudyRun, config: StudyConfig, seed: int) -> optuna.Study:
+    """Create the study (and enqueue its baseline) or load and check it.
+
+    Creation is atomic in every Optuna storage (the name is unique), so of several processes that
+    start at once exactly one creates the study and enqueues the baseline.
+    """
     storage = open_storage(run.storage, heartbeat_s=run.heartbeat_s, grace_s=run.grace_s)
     name = run.name(config)
+    options = {"sampler": make_sampler(config, seed), "pruner": make_pruner(config)}
+    study = _load(storage, name, **options)
+    if study is not None:
+        check_existing(run, config, study)
+        if config.baseline:  # a study whose baseline failed or was interrupted gets another
+            with _enqueue_lock(run):
+                enqueue_baseline(study, config)
+        return study
     try:
-        existing = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        existing = None
-    if existing is not None and [d.name.lower() for d in existing.directions] != config.directions:
-        raise NectarGANError(
-            f"study {name!r} in {run.storage} optimises {[d.name.lower() for d in existing.directions]}, "
-            f"not {config.directions} ({', '.join(config.objectives)}); choose another study name"
-        )
-    study = optuna.create_study(
-        storage=storage, study_name=name, directions=config.directions, sampler=make_sampler(config, seed),
-        pruner=make_pruner(config), load_if_exists=True,
-    )
-    if existing is None:
-        study.set_user_attr("objectives", config.objectives)
-        study.set_user_attr("config", config.source)
-        study.set_user_attr("config_sha256", config.sha256)
+        study = optuna.create_study(storage=storage, study_name=name, directions=config.directions, **options)
+    except optuna.exceptions.DuplicatedStudyError:  # another process created it just now
+        study = optuna.load_study(study_name=name, storage=storage, **options)
+        check_existing(run, config, study)
+        return study
+    study.set_user_attr("objectives", config.objectives)
+    study.set_user_attr("config", config.source)
+    study.set_user_attr("config_sha256", config.sha256)
+    study.set_user_attr("budget", {"steps": config.steps, "seconds": config.seconds})
+    study.set_user_attr("env", _env())
+    if not config.baseline:
+        study.set_user_attr("baseline", "off ([study].baseline = false)")
+    elif baseline_settings(config) is None:
+        study.set_user_attr("baseline", f"none: {why_no_baseline(config)}")
+    else:
+        enqueue_baseline(study, config)
+        study.set_user_attr("baseline", "trial 0")
     return study
+
+
+def _env() -> dict[str, Any]:
+    """Where the study was created (each trial records its own device too)."""
+    from bench.env import collect_env
+
+    env = collect_env()
+    keys = ("host", "cpu", "cpu_count", "torch_threads", "gpu", "gpu_count", "torch", "cuda", "optuna", "git",
+            "command", "started_at")
+    return {k: env.get(k) for k in keys}
+
+
+@contextlib.contextmanager
+def _enqueue_lock(run: StudyRun) -> Iterator[None]:
+    """On SQLite, the lock file that also guards the hand-out of waiting trials; elsewhere nothing.
+
+    (On PostgreSQL two machines resuming at once may both enqueue; the second baseline prunes itself.)
+    """
+    database = sqlite_path(run.storage)
+    if database is None:
+        yield
+        return
+    with file_lock(database.with_name(database.name + ".lock")):
+        yield
 
 
 def _check_fixed_settings(config: StudyConfig) -> None:
@@ -127,6 +231,7 @@ def run_worker(run: StudyRun, index: int, n_trials: int | None,
                callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None) -> None:
     """One worker: its own sampler seed, the shared storage, ``n_trials`` trials (None: until timeout)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_failed_trials()
     config = run.config()
     if run.workers > 1:  # share the cores: oversubscribed OpenMP threads slow every worker down many times
         import os
@@ -146,8 +251,47 @@ def run_worker(run: StudyRun, index: int, n_trials: int | None,
     )
 
 
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """SIGINT handler: one KeyboardInterrupt; further ones (the terminal's and the parent's) are ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_once() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _worker_main(run: StudyRun, index: int, n_trials: int | None) -> None:
-    run_worker(run, index, n_trials)
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        run_worker(run, index, n_trials)
+    except KeyboardInterrupt:
+        sys.exit(130)  # the trial is marked; the parent tells the user
+    except Exception as exc:  # one line, as the command promises; the parent reports the exit code
+        print(f"Error: worker {index}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _stop_workers(processes: list) -> None:
+    """Interrupt the workers (a terminal's Ctrl-C reaches them too), let them mark their trials, then end them."""
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + WORKER_STOP_S
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
 
 
 def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -164,10 +308,14 @@ def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | Non
     if run.timeout_s is not None and run.timeout_s <= 0:
         raise NectarGANError(f"timeout={run.timeout_s:g} is not valid: use a positive number of seconds")
     _check_fixed_settings(config)
+    existing = _load(open_storage(run.storage, heartbeat_s=run.heartbeat_s, grace_s=run.grace_s), run.name(config))
+    if existing is not None:
+        check_existing(run, config, existing)  # before anything is written
+    before = {t.number for t in existing.get_trials(deepcopy=False)} if existing is not None else set()
     ensure_data(config)
     study = open_study(run, config, config.seed)  # create it once, before the workers race to
-    before = {t.number for t in study.get_trials(deepcopy=False)}
     started = time.perf_counter()
+    _quiet_failed_trials()
 
     def progress(_study: optuna.Study | None = None, _trial: Any = None) -> None:
         if on_progress is None:
@@ -178,37 +326,64 @@ def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | Non
                      "best": _best(study), "elapsed_s": time.perf_counter() - started})
 
     shares = _split(n_trials, run.workers)
-    if run.workers == 1:
-        progress()
-        run_worker(run, 0, shares[0], callbacks=[progress])
-    else:
-        context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker_main, args=(run, i, share), daemon=False)
-                     for i, share in enumerate(shares) if share != 0]
-        for process in processes:
-            process.start()
-        try:
-            while any(p.is_alive() for p in processes):
+    try:
+        with _sigint_once():
+            if run.workers == 1:
                 progress()
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            for process in processes:
-                process.terminate()
-            raise
-        finally:
-            for process in processes:
-                process.join()
-        progress()
-        failed = [p.exitcode for p in processes if p.exitcode != 0]
-        if failed:
-            raise NectarGANError(f"{len(failed)} worker process(es) exited with codes {failed}")
+                run_worker(run, 0, shares[0], callbacks=[progress])
+            else:
+                _run_processes(run, shares, progress)
+    except KeyboardInterrupt:
+        summary = _summary(run, study, before)
+        raise StudyInterrupted(_interrupted_message(run, summary), summary) from None
+    return _summary(run, study, before)
+
+
+def _run_processes(run: StudyRun, shares: list[int | None], progress: Callable[[], None]) -> None:
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_main, args=(run, i, share), daemon=False)
+                 for i, share in enumerate(shares) if share != 0]
+    for process in processes:
+        process.start()
+    try:
+        while any(p.is_alive() for p in processes):
+            progress()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        _stop_workers(processes)
+        raise
+    finally:
+        for process in processes:
+            process.join()
+    progress()
+    if any(p.exitcode == 130 for p in processes):  # a worker was interrupted on its own (kill -INT)
+        raise KeyboardInterrupt
+    failed = [p.exitcode for p in processes if p.exitcode != 0]
+    if failed:
+        raise NectarGANError(f"{len(failed)} worker process(es) exited with codes {failed}")
+
+
+def _summary(run: StudyRun, study: optuna.Study, before: set[int]) -> dict[str, Any]:
     trials = [t for t in study.get_trials(deepcopy=False) if t.number not in before]
     return {
         "study": study.study_name, "storage": run.storage, "added": len(trials),
         "states": {s.name: sum(1 for t in trials if t.state == s) for s in optuna.trial.TrialState
                    if any(t.state == s for t in trials)},
         "best": _best(study), "total_trials": len(study.trials),
+        "interrupted": [t.number for t in trials if t.user_attrs.get("reason") == INTERRUPTED],
+        "finished": sum(1 for t in trials if t.state in FINISHED and t.user_attrs.get("reason") != INTERRUPTED),
+        "kept": sum(1 for t in study.get_trials(deepcopy=False)
+                    if t.state in FINISHED and t.user_attrs.get("reason") != INTERRUPTED),
     }
+
+
+def _interrupted_message(run: StudyRun, summary: dict[str, Any]) -> str:
+    marked = summary["interrupted"]
+    trials = (f"; trial{'s' if len(marked) > 1 else ''} {', '.join(map(str, marked))} marked FAIL "
+              f"(reason: {INTERRUPTED})") if marked else ""
+    kept = summary["kept"]
+    return (f"Interrupted. Study {summary['study']!r} keeps {kept} finished trial{'' if kept == 1 else 's'} "
+            f"({summary['finished']} from this run) in {run.storage}{trials}; continue with the same command")
 
 
 def _best(study: optuna.Study) -> str:

@@ -10,16 +10,29 @@
 RDB storages get heartbeats: a trial whose worker died is marked FAIL once its heartbeat is older
 than the grace period, and a retry callback re-queues it with the same parameters. Optuna's journal
 storage has no heartbeat, so a killed worker's trial there stays RUNNING until failed by hand.
+
+Waiting (enqueued) trials: Optuna hands one out by reading its state and then setting it RUNNING.
+PostgreSQL and MySQL lock the row in between (``SELECT ... FOR UPDATE``) and the journal applies
+operations in order, but SQLite has no row locks, so two processes can both take the same waiting
+trial and train it twice. On SQLite that hand-out is therefore done under an exclusive lock on a file
+beside the database (``FILE.db.lock``), which serialises it between the processes of one machine.
+
+Read-only commands (``study-report``, ``dashboard``) open with ``must_exist=True``: a missing file is
+an error instead of a new empty database, and no tables are created.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from nectargan.errors import NectarGANError
 
@@ -42,30 +55,75 @@ def _journal_path(url: str) -> Path | None:
     return None
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` URL (None for other storages and in-memory SQLite)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///"):])
+    return None
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if needed): one holder per machine at a time."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class LockedSQLiteStorage(RDBStorage):
+    """RDBStorage on SQLite whose hand-out of waiting trials holds a lock file (see the module docstring)."""
+
+    def __init__(self, url: str, lock_path: Path, **kwargs) -> None:
+        super().__init__(url, **kwargs)
+        self.lock_path = lock_path
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        if state != TrialState.RUNNING:
+            return super().set_trial_state_values(trial_id, state, values)
+        with file_lock(self.lock_path):  # re-read and set under the lock: the second taker sees RUNNING
+            return super().set_trial_state_values(trial_id, state, values)
+
+
 def open_storage(
-    url: str = DEFAULT_STORAGE, heartbeat_s: int = HEARTBEAT_S, grace_s: int | None = None
+    url: str = DEFAULT_STORAGE, heartbeat_s: int = HEARTBEAT_S, grace_s: int | None = None,
+    must_exist: bool = False,
 ) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url`` (see the module docstring); folders for files are created."""
+    """An Optuna storage for ``url`` (see the module docstring).
+
+    Folders for files are created, unless ``must_exist``: then a missing file is a
+    :class:`StorageError` and nothing is created (read-only commands).
+    """
     journal = _journal_path(url)
     if journal is not None:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+        if must_exist and not journal.is_file():
+            raise StorageError(f"storage file {journal} does not exist (storage {url!r}); run a study first")
         journal.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(journal)))
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    database = sqlite_path(url)
+    if database is not None:
+        if must_exist and not database.is_file():
+            raise StorageError(f"storage file {database} does not exist (storage {url!r}); run a study first")
+        database.parent.mkdir(parents=True, exist_ok=True)
     elif not url.startswith(("postgresql", "mysql", "sqlite")):
         raise StorageError(
             f"storage {url!r} is not valid: use sqlite:///FILE.db, journal:FILE.log or postgresql://USER@HOST/DB"
         )
+    kwargs = {
+        "heartbeat_interval": heartbeat_s,
+        "grace_period": grace_s if grace_s is not None else max(GRACE_S, 3 * heartbeat_s),
+        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        "engine_kwargs": {"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+        "skip_table_creation": must_exist,
+    }
     try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=heartbeat_s,
-            grace_period=grace_s if grace_s is not None else max(GRACE_S, 3 * heartbeat_s),
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-        )
+        if database is not None:
+            return LockedSQLiteStorage(url, database.with_name(database.name + ".lock"), **kwargs)
+        return RDBStorage(url, **kwargs)
     except Exception as exc:  # sqlalchemy raises many types for an unreachable or bad database
         message = " ".join(str(exc).split())[:300]
         raise StorageError(f"storage {url!r} cannot be opened: {type(exc).__name__}: {message}") from None
@@ -82,7 +140,10 @@ def artifact_dir(url: str) -> Path:
     return Path(os.environ.get("NECTARGAN_BENCH_ARTIFACTS", "results/artifacts"))
 
 
-def artifact_store(url: str, directory: Path | None = None) -> optuna.artifacts.FileSystemArtifactStore:
+def artifact_store(url: str, directory: Path | None = None,
+                   create: bool = True) -> optuna.artifacts.FileSystemArtifactStore:
+    """The artifact store of ``url`` (``create=False``: do not create a missing folder, for readers)."""
     folder = directory or artifact_dir(url)
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return optuna.artifacts.FileSystemArtifactStore(str(folder))

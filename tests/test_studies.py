@@ -3,6 +3,7 @@ PostgreSQL, a killed worker's trial retried, reports, and optuna-dashboard as a 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -17,25 +18,31 @@ from pathlib import Path
 import optuna
 import pytest
 
-from studies.config import StudyConfigError, parse_study_config
+from nectargan.models import load_generator
+from studies.config import OBJECTIVES, StudyConfigError, parse_study_config
 from studies.objective import constraint_values
 from studies.report import write_study_report
 from studies.runner import StudyRun, run_study
 from studies.storage import open_storage
 
-NUMERIC = ("params", "gflops", "train_img_per_s", "peak_mem_mib", "val_l1", "val_psnr", "val_ssim", "train_seconds")
+NUMERIC = ("params", "gflops", "train_img_per_s", "peak_mem_mib", "val_l1", "val_psnr", "val_ssim", "train_seconds",
+           "infer_img_per_s", "infer_ms")
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+FAST_TIMING = "infer_blocks = 3\ninfer_min_block_s = 0.005"
 
 
-def _config(tmp_path: Path, data: Path, extra: str = "", budget: str = "steps = 12\neval_every = 6",
-            name: str = "t") -> str:
+def _config(tmp_path: Path, data: Path, extra: str = "", budget: str = f"steps = 12\neval_every = 6\n{FAST_TIMING}",
+            name: str = "t", objectives: str = '["val_l1"]', baseline: bool = False, pruner: str = "median",
+            constraints: str = "") -> str:
     path = tmp_path / f"{name}.toml"
     path.write_text(f"""
 [study]
 name = "{name}"
-objectives = ["val_l1"]
+objectives = {objectives}
+pruner = "{pruner}"
 seed = 0
 n_trials = 3
+baseline = {str(baseline).lower()}
 [data]
 path = "{data}"
 [budget]
@@ -49,15 +56,29 @@ input_size = 64
 batch_size = 4
 d_features = 8
 {extra}
+{constraints}
 """)
     return str(path)
 
 
-def test_three_trial_study_with_attributes_artifacts_and_resume(tmp_path, sample_dataset):
+def _measured(trial: optuna.trial.FrozenTrial) -> None:
+    """infer_img_per_s is the harness's Measurement of this trial: batch / median of its timed blocks."""
+    import statistics
+
+    blocks = trial.user_attrs["infer_block_s"]
+    calls = trial.user_attrs["infer_calls_per_block"]
+    assert len(blocks) == 3 and all(b > 0 for b in blocks) and calls >= 1
+    per_call = statistics.median(b / calls for b in blocks)
+    assert trial.user_attrs["infer_img_per_s"] == pytest.approx(trial.user_attrs["infer_batch_size"] / per_call)
+    assert trial.user_attrs["infer_mode"] == "eager" and trial.user_attrs["device"].startswith("cpu: ")
+
+
+def test_study_with_attributes_artifacts_weights_and_resume(tmp_path, sample_dataset):
     storage = f"sqlite:///{tmp_path}/studies.db"
-    run = StudyRun(config_path=_config(tmp_path, sample_dataset), storage=storage, out_root=str(tmp_path / "out"))
+    run = StudyRun(config_path=_config(tmp_path, sample_dataset), storage=storage, out_root=str(tmp_path / "out"),
+                   n_trials=2)
     summary = run_study(run)
-    assert summary["added"] == 3 and summary["total_trials"] == 3
+    assert summary["added"] == 2 and summary["total_trials"] == 2
     study = optuna.load_study(study_name="t", storage=storage)
     assert all(t.state.is_finished() for t in study.trials)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -67,20 +88,79 @@ def test_three_trial_study_with_attributes_artifacts_and_resume(tmp_path, sample
             assert isinstance(trial.user_attrs[key], int | float), key
         assert trial.user_attrs["variant"].startswith("UnetBlock-Transposed-d3-")
         assert trial.user_attrs["val_l1"] == trial.value
+        assert trial.user_attrs["budget_bound"] == "steps" and trial.user_attrs["steps"] == 12
+        assert trial.user_attrs["settings"]["lr"] == trial.params["lr"]
+        _measured(trial)
+        folder = Path(trial.user_attrs["out"])
+        assert Path(trial.user_attrs["weights"]) == folder / "netG.pth.tar"
+        assert load_generator(trial.user_attrs["weights"], input_size=64).features == trial.params["features"]
+        assert not (folder / "netD.pth.tar").exists()  # the study keeps the generator only
         artifact = tmp_path / "studies-artifacts" / trial.user_attrs["sample_artifact_id"]
         assert artifact.stat().st_size > 0
         assert optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)[0].mimetype == "image/png"
     for trial in study.trials:
         if trial.state == optuna.trial.TrialState.PRUNED:
             assert trial.user_attrs["reason"]
-    run_study(run)  # the same command again adds to the same study
-    assert len(optuna.load_study(study_name="t", storage=storage).trials) == 6
+    run_study(StudyRun(config_path=run.config_path, storage=storage, out_root=run.out_root, n_trials=1))
+    assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3  # the same study, resumed
 
     report = tmp_path / "report"
     written = write_study_report(storage, "t", report)
-    assert {p.name for p in written} >= {"trials.csv", "report.md", "history.png"}
+    assert {p.name for p in written} >= {"trials.csv", "report.md", "history.png", "pareto_front.png"}
     text = (report / "report.md").read_text()
     assert "## Best trials" in text and "val_l1 (minimize)" in text
+    assert "No baseline trial completed" in text and "off ([study].baseline = false)" in text
+    assert "The step budget ended every complete trial (3)" in text
+
+
+def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_and_grid(tmp_path, sample_dataset):
+    """The default form: PSNR against measured inference speed, NectarGAN's default generator as trial 0."""
+    config = _config(tmp_path, sample_dataset, name="m", objectives='["val_psnr", "infer_img_per_s"]',
+                     baseline=True, pruner="none", budget=f"seconds = 1\neval_every = 1000\n{FAST_TIMING}",
+                     constraints="[constraints]\nmax_params = 1e6")
+    storage = f"sqlite:///{tmp_path}/m.db"
+    summary = run_study(StudyRun(config_path=config, storage=storage, out_root=str(tmp_path / "out")))
+    assert summary["added"] == 3
+    study = optuna.load_study(study_name="m", storage=storage)
+    baseline = study.trials[0]
+    assert baseline.user_attrs["baseline"] is True and baseline.state == optuna.trial.TrialState.COMPLETE
+    # 64 px allows n_downs 4 (64 = 2**(4+2)); features 64 lies outside the space's [4, 8]: set, not suggested
+    assert baseline.user_attrs["variant"] == "UnetBlock-Transposed-d4-f64-64px"
+    assert baseline.user_attrs["settings"] == {
+        "n_downs": 4, "features": 64, "block_type": "UnetBlock", "upconv_type": "Transposed",
+        "use_dropout_layers": 3, "lr": 2e-4, "beta1": 0.5, "lambda_l1": 100.0, "batch_size": 4}
+    assert baseline.params == {"lr": 2e-4}  # the one baseline value the space can hold
+    assert baseline.constraints["max_params"] > 0  # over the limit, recorded, and still trained
+    assert [t.number for t in study.trials if t.user_attrs.get("baseline")] == [0]
+    for trial in study.trials[1:]:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        _measured(trial)
+        assert trial.user_attrs["infer_speedup_vs_baseline"] > 0  # timed interleaved with the baseline's
+        assert trial.values[1] == trial.user_attrs["infer_img_per_s"]
+    _measured(baseline)
+
+    report = tmp_path / "r"
+    written = write_study_report(storage, "m", report)
+    text = (report / "report.md").read_text()
+    assert "## Pareto front" in text and "| 0 (baseline) | UnetBlock-Transposed-d4-f64-64px" in text
+    assert "Baseline (NectarGAN's default generator at this size, trial 0)" in text
+    assert "Best quality: `UnetBlock-Transposed-d3-f" in text and "than the baseline at" in text
+    assert "The time budget ended every complete trial (3)" in text
+    assert "Device: cpu: " in text and "1-minute load average when timed" in text
+    assert study.user_attrs["env"]["cpu_count"] >= 1 and study.user_attrs["budget"] == {"steps": None, "seconds": 1}
+    with open(report / "trials.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert len(header) == len(set(header)) and "value_val_psnr" in header and "val_psnr" in header
+    grid = report / "grid.png"
+    assert grid in written and (report / "pareto_front.png").exists()
+    from PIL import Image
+
+    with Image.open(grid) as image:  # 4 val images (x2 to 128 px) under a header; input, baseline, ..., target
+        assert image.height == 30 + 4 * 128 and image.width in (4 * 128, 5 * 128)
+    (meta,) = optuna.artifacts.get_all_artifact_meta(study, storage=study._storage)
+    assert meta.filename == "grid.png" and meta.mimetype == "image/png"
+    write_study_report(storage, "m", report)  # the same grid is not uploaded twice
+    assert len(optuna.artifacts.get_all_artifact_meta(study, storage=study._storage)) == 1
 
 
 def test_invalid_architectures_and_constraints_are_pruned_before_training(tmp_path, sample_dataset):
@@ -128,23 +208,25 @@ def test_out_of_memory_prunes_with_reason_oom(tmp_path, sample_dataset, monkeypa
     assert all(t.user_attrs["reason"] == "oom" for t in trials)
 
 
-def test_multi_objective_study_reports_a_pareto_front(tmp_path, sample_dataset):
-    config = _config(tmp_path, sample_dataset, name="m")
-    text = Path(config).read_text().replace('objectives = ["val_l1"]',
-                                            'objectives = ["val_l1", "gflops"]\nsampler = "nsga2"\npruner = "none"')
-    Path(config).write_text(text)
-    storage = f"sqlite:///{tmp_path}/m.db"
-    run_study(StudyRun(config_path=config, storage=storage, n_trials=2, out_root=str(tmp_path / "out")))
-    write_study_report(storage, "m", tmp_path / "r")
-    report = (tmp_path / "r" / "report.md").read_text()
-    assert "## Pareto front" in report and (tmp_path / "r" / "pareto_front.png").exists()
-
-
-def _two_workers(storage: str, tmp_path: Path, data: Path, name: str) -> list:
-    run = StudyRun(config_path=_config(tmp_path, data, name=name), storage=storage, study_name=name,
-                   n_trials=4, workers=2, out_root=str(tmp_path / f"out-{name}"))
+def _two_workers(storage: str, tmp_path: Path, data: Path, name: str, baseline: bool = False,
+                 n_trials: int = 4) -> list:
+    budget = "seconds = 1\neval_every = 1000" if baseline else "steps = 12\neval_every = 6"
+    budget += f"\n{FAST_TIMING}"
+    config = _config(tmp_path, data, name=name, baseline=baseline, budget=budget)
+    run = StudyRun(config_path=config, storage=storage, study_name=name, n_trials=n_trials, workers=2,
+                   out_root=str(tmp_path / f"out-{name}"))
     run_study(run)
     return optuna.load_study(study_name=name, storage=open_storage(storage)).trials
+
+
+def _baseline_ran_once(trials: list, out: Path) -> None:
+    """Trial 0 is the baseline, trained by one worker only: one folder per trial number, no duplicate."""
+    assert all(t.state.is_finished() for t in trials)
+    assert [t.number for t in trials if t.user_attrs.get("baseline")] == [0]
+    assert trials[0].state == optuna.trial.TrialState.COMPLETE, trials[0].user_attrs.get("reason")
+    folders = sorted(p.name[:len("trial-0000")] for p in out.iterdir())
+    assert folders == sorted(f"trial-{t.number:04d}" for t in trials if "out" in t.user_attrs)
+    assert folders.count("trial-0000") == 1
 
 
 def test_two_workers_on_a_journal_file(tmp_path, sample_dataset):
@@ -154,6 +236,13 @@ def test_two_workers_on_a_journal_file(tmp_path, sample_dataset):
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
 
 
+def test_baseline_runs_once_with_two_workers_on_sqlite(tmp_path, sample_dataset):
+    trials = _two_workers(f"sqlite:///{tmp_path}/two.db", tmp_path, sample_dataset, "two", baseline=True,
+                          n_trials=3)
+    assert len(trials) == 3
+    _baseline_ran_once(trials, tmp_path / "out-two")
+
+
 def _postgres_or_skip() -> None:
     try:
         socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
@@ -161,14 +250,93 @@ def _postgres_or_skip() -> None:
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432 (CI and developer machines have one)")
 
 
-def test_two_workers_on_postgresql(tmp_path, sample_dataset):
+def test_baseline_runs_once_with_two_workers_on_postgresql(tmp_path, sample_dataset):
     _postgres_or_skip()
     name = f"pg-{uuid.uuid4().hex[:8]}"
     try:
-        trials = _two_workers(POSTGRES, tmp_path, sample_dataset, name)
-        assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
+        trials = _two_workers(POSTGRES, tmp_path, sample_dataset, name, baseline=True, n_trials=3)
+        assert len(trials) == 3
+        _baseline_ran_once(trials, tmp_path / f"out-{name}")
     finally:
         optuna.delete_study(study_name=name, storage=POSTGRES)
+
+
+def test_waiting_trials_are_handed_out_once_on_sqlite(tmp_path):
+    """SQLite has no row locks: without the lock file two takers can both get one waiting trial."""
+    import threading
+
+    from optuna.trial import TrialState
+
+    url = f"sqlite:///{tmp_path}/race.db"
+    study = optuna.create_study(study_name="race", storage=open_storage(url))
+    for i in range(60):
+        study.enqueue_trial({"x": i})
+    barrier, taken = threading.Barrier(2), []
+
+    def taker() -> None:
+        storage = open_storage(url)
+        study_id = storage.get_study_id_from_name("race")
+        barrier.wait()
+        mine = []
+        while waiting := storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            mine += [t.number for t in waiting[:1] if storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)]
+        taken.append(mine)
+
+    threads = [threading.Thread(target=taker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken[0] + taken[1]) == list(range(60))  # each once, none twice
+
+
+def test_duplicate_baseline_prunes_itself(tmp_path, sample_dataset):
+    """A second baseline trial (two machines resuming at once, say) finds the first and stops before training."""
+    from studies.baseline import BASELINE_ATTR
+
+    storage = f"sqlite:///{tmp_path}/dup.db"
+    config = _config(tmp_path, sample_dataset, name="dup", baseline=True)
+    study = optuna.create_study(study_name="dup", storage=storage, directions=["minimize"])
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={BASELINE_ATTR: True}))
+    study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+    run_study(StudyRun(config_path=config, storage=storage, n_trials=1, out_root=str(tmp_path / "out")))
+    trials = optuna.load_study(study_name="dup", storage=storage).trials
+    assert len(trials) == 2 and trials[1].state == optuna.trial.TrialState.PRUNED
+    assert trials[1].user_attrs["reason"] == "duplicate baseline: trial 0 is this study's baseline"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell by hand, as Ctrl-C leaves a trial
+def test_interrupted_baseline_is_enqueued_again_once(tmp_path, sample_dataset):
+    from studies.baseline import BASELINE_ATTR
+    from studies.runner import open_study
+
+    storage = f"sqlite:///{tmp_path}/again.db"
+    run = StudyRun(config_path=_config(tmp_path, sample_dataset, name="again", baseline=True), storage=storage)
+    study = open_study(run, run.config(), 0)
+    assert [(t.number, t.state.name) for t in study.trials] == [(0, "WAITING")]  # enqueued on creation
+    trial = study.ask()
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # as Ctrl-C leaves it
+    for _ in range(2):  # resumed twice: one new baseline, not two (a complete one is never repeated)
+        study = open_study(run, run.config(), 0)
+    assert [(t.number, t.state.name, t.user_attrs.get(BASELINE_ATTR)) for t in study.trials] == [
+        (0, "FAIL", True), (1, "WAITING", True)]
+
+
+def test_baseline_settings_scale_to_the_image_size():
+    from studies.baseline import baseline_settings
+    from studies.config import parse_study_config
+
+    def settings(text: str) -> dict | None:
+        return baseline_settings(parse_study_config(text))
+
+    base = settings("[fixed]\ninput_size = 256\n")
+    assert base is not None and (base["n_downs"], base["features"], base["use_dropout_layers"]) == (6, 64, 3)
+    assert (base["lr"], base["beta1"], base["lambda_l1"], base["batch_size"]) == (2e-4, 0.5, 100.0, 1)
+    assert settings("[fixed]\ninput_size = 512\n")["n_downs"] == 6  # NectarGAN's depth, not more
+    assert settings("[fixed]\ninput_size = 96\n")["n_downs"] == 3  # 96 is a multiple of 32, not of 64
+    assert settings("[fixed]\ninput_size = 48\n") is None
+    assert settings("[fixed]\ninput_size = 64\n[space]\nbatch_size = [8, 4]\n")["batch_size"] == 8
 
 
 def _kill_mid_trial_and_retry(storage: str, tmp_path: Path, data: Path, name: str) -> None:
@@ -283,7 +451,8 @@ def test_builtin_configs_parse():
 
     for name in ("default", "smoke"):
         config = load_study_config(name)
-        assert config.objectives and config.space and config.steps
+        assert config.objectives == ["val_psnr", "infer_img_per_s"] and config.space and config.baseline
+        assert config.seconds and config.steps is None  # a time budget: faster generators see more images
 
 
 def test_bad_config_from_the_command_line(tmp_path, capsys):
@@ -307,3 +476,147 @@ def test_fixed_device_that_is_not_there_is_a_config_error(tmp_path, sample_datas
     with pytest.raises(NectarGANError, match="CUDA is not available"):
         run_study(StudyRun(config_path=config, storage=f"sqlite:///{tmp_path}/dev.db"))
     assert not (tmp_path / "dev.db").exists()
+
+
+def test_inference_speed_is_the_timers_measurement():
+    """infer_img_per_s comes from the harness's blocked timer (here a fake clock), not from FLOPs."""
+    from nectargan.models import UnetGenerator
+    from nectargan.train import TrainConfig, resolve
+    from studies.speed import inference_attrs, measure_inference
+
+    class FakeClock:
+        """20 ms a call for the first workload seen (the trial's), 50 ms for the second (the baseline's)."""
+
+        def __init__(self):
+            self.per_call: dict = {}
+
+        def time(self, fn, calls):
+            fn()
+            if fn not in self.per_call:
+                self.per_call[fn] = (0.02, 0.05)[len(self.per_call)]
+            return calls * self.per_call[fn]
+
+    models = {"trial": UnetGenerator(64, features=4, n_downs=3), "baseline": UnetGenerator(64, features=8, n_downs=3)}
+    run = resolve(TrainConfig(data="x", steps=1, device="cpu"))
+    measured = measure_inference(models, 4, 64, 3, run, blocks=3, min_block_s=0.1, timer=FakeClock())
+    attrs = inference_attrs(measured["trial"], 4, "eager", measured["baseline"])
+    assert attrs["infer_img_per_s"] == pytest.approx(4 / 0.02)
+    assert attrs["infer_speedup_vs_baseline"] == pytest.approx(2.5)
+    assert attrs["infer_block_s"] == pytest.approx([0.1] * 3) and attrs["infer_calls_per_block"] == 5
+
+
+def _ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def _ctrl_c_in_torch_save(*args, **kwargs):
+    """torch.save's zip writer raises a RuntimeError of its own when Ctrl-C lands inside it."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+
+
+@pytest.mark.parametrize("interrupted", [_ctrl_c, _ctrl_c_in_torch_save])
+def test_ctrl_c_marks_the_trial_and_ends_in_one_line(tmp_path, sample_dataset, monkeypatch, capfd, interrupted):
+    import studies.objective
+    from cli import main
+
+    monkeypatch.setattr(studies.objective, "fit", interrupted)
+    storage = f"sqlite:///{tmp_path}/i.db"
+    config = _config(tmp_path, sample_dataset, name="i")
+    assert main(["study", config, "--storage", storage, "--quiet", "--out", str(tmp_path / "out")]) == 130
+    err = capfd.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    assert err.startswith("Interrupted. Study 'i' keeps 0 finished trials") and "continue with the same command" in err
+    (trial,) = optuna.load_study(study_name="i", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["reason"] == "interrupted (Ctrl-C)"
+    assert "trial 0 marked FAIL (reason: interrupted (Ctrl-C))" in err
+
+
+def test_changed_categorical_space_is_refused_before_writing(tmp_path, sample_dataset, capsys):
+    from cli import main
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.add_trial(optuna.trial.create_trial(
+        params={"features": 4}, distributions={"features": optuna.distributions.CategoricalDistribution([4, 8])},
+        value=0.3))
+    config = _config(tmp_path, sample_dataset, name="s").replace("features = [4, 8]", "features = [4, 16]")
+    Path(config).write_text(Path(config).read_text().replace("features = [4, 8]", "features = [4, 16]"))
+    assert main(["study", config, "--storage", storage, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("Error: ")
+    assert "[space].features is now the choices [4, 16], but study 's' searched features over the choices [4, 8]" in err
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 1  # nothing written
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_only_commands_create_nothing_and_refuse_bad_input(tmp_path, capsys):
+    from cli import main
+
+    missing = tmp_path / "missing.db"
+    for args in (["study-report", f"sqlite:///{missing}", "--study", "x", "--out", str(tmp_path / "r")],
+                 ["dashboard", f"sqlite:///{missing}"],
+                 ["study-report", f"journal:{tmp_path}/missing.log", "--study", "x", "--out", str(tmp_path / "r")]):
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("Error: storage file ") and "does not exist" in err and err.count("\n") == 0
+    assert not missing.exists() and not (tmp_path / "r").exists() and not (tmp_path / "missing.log").exists()
+    assert not (tmp_path / "missing-artifacts").exists()
+
+    assert main(["dashboard", f"sqlite:///{missing}", "--port", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and "'--port': -1 is not a port: use 1 to 65535" in err and err.count("\n") == 0
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(study_name="s", storage=storage)
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "results.jsonl").write_text("{}\n")
+    (sweep / "report.md").write_text("the sweep's report\n")
+    assert main(["study-report", storage, "--study", "s", "--out", str(sweep)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "holds a sweep run (results.jsonl)" in err and err.count("\n") == 0
+    assert (sweep / "report.md").read_text() == "the sweep's report\n" and not (sweep / "trials.csv").exists()
+
+
+def _synthetic(storage: str, name: str, objectives: list[str], trials: list[dict],
+               budget: dict | None = None) -> optuna.Study:
+    """A study as the runner leaves it, without training: trials from (params, values, user_attrs)."""
+    directions = [OBJECTIVES[o] for o in objectives]
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    study.set_user_attr("objectives", objectives)
+    study.set_user_attr("budget", budget or {"steps": 100, "seconds": None})
+    dists = {"n_downs": optuna.distributions.CategoricalDistribution([3]),
+             "lr": optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)}
+    for t in trials:
+        study.add_trial(optuna.trial.create_trial(
+            params=t["params"], distributions={k: dists[k] for k in t["params"]}, values=t["values"],
+            user_attrs=t["attrs"]))
+    return study
+
+
+def test_report_columns_importances_and_budget_warning(tmp_path):
+    """Unique trials.csv columns; importances over varied parameters, with a caveat; the step-budget warning."""
+    storage = f"sqlite:///{tmp_path}/syn.db"
+    trials = []
+    for i in range(4):
+        lr = 1e-4 * (i + 1)
+        attrs = {"val_l1": 0.3 - 0.01 * i, "params": 1000 * (i + 1), "val_psnr": 12.0 + i, "val_ssim": 0.1,
+                 "train_img_per_s": 10.0 * (i + 1) ** 2, "budget_bound": "steps", "images": 400,
+                 "infer_img_per_s": 100.0 * (i + 1), "variant": f"v{i}"}
+        trials.append({"params": {"n_downs": 3, "lr": lr}, "values": [attrs["val_l1"], attrs["params"]],
+                       "attrs": attrs})
+    _synthetic(storage, "syn", ["val_l1", "params"], trials)
+    write_study_report(storage, "syn", tmp_path / "r")
+    with open(tmp_path / "r" / "trials.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert len(header) == len(set(header)), header
+    assert {"value_val_l1", "val_l1", "value_params", "params", "param_lr", "param_n_downs"} <= set(header)
+    text = (tmp_path / "r" / "report.md").read_text()
+    importances = text.split("## Parameter importances", 1)[1].split("##", 1)[0]
+    assert "Only 4 searched trials completed" in importances
+    assert "| lr " in importances and "| n_downs " not in importances  # n_downs never varied
+    assert "Left out (never varied): n_downs" in importances
+    assert "were compared under a step budget" in text and "(10 to 160 img/s, 16.0x)" in text
