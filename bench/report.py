@@ -381,24 +381,16 @@ def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path)
         for (task, mode, layout, batch), sub in group.groupby(["task", "mode", "layout", "batch_size"], sort=True):
             ax.scatter(flops[sub.index] / 1e9, sub["img_per_s"].astype(float), marker=marker,
                        alpha=0.8, label=f"{block}+{upconv} {task} {mode} {layout} b{batch}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("GFLOPs per image of the task (log)")
-    ax.set_ylabel("images per second (log)")
-    ax.grid(True, which="both", alpha=0.3)
-    written.append(_save(fig, ax, "Measured throughput vs cost", directory / "throughput_vs_gflops.png"))
+    written.append(_save(fig, ax, "Measured throughput vs cost", directory / "throughput_vs_gflops.png",
+                         ("GFLOPs per image of the task", "images per second")))
     energy = ok[ok["joules_per_img"].notna()] if "joules_per_img" in ok else ok.iloc[:0]
     if len(energy):
         fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
         for (task, mode), group in energy.groupby(["task", "mode"], sort=True):
             ax.scatter(group["joules_per_img"].astype(float), group["img_per_s"].astype(float), alpha=0.8,
                        label=f"{task} {mode}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("joules per image (log)")
-        ax.set_ylabel("images per second (log)")
-        ax.grid(True, which="both", alpha=0.3)
-        written.append(_save(fig, ax, "Throughput vs energy", directory / "throughput_vs_energy.png"))
+        written.append(_save(fig, ax, "Throughput vs energy", directory / "throughput_vs_energy.png",
+                             ("joules per image", "images per second")))
     if ok["batch_size"].nunique() > 1:
         fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
         for name, group in ok.groupby(["n_downs", "features", "block_type", "upconv_type", "task", "mode"]):
@@ -412,10 +404,17 @@ def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path)
     return written
 
 
-def _save(fig: Any, ax: Any, title: str, path: Path) -> Path:
-    """Title, a legend beside the axes (never over the points), save, close."""
+def _save(fig: Any, ax: Any, title: str, path: Path, log_axes: tuple[str, str] | None = None) -> Path:
+    """Title, log axes with these labels (when given), a legend beside the axes (never over the points),
+    save, close."""
     import matplotlib.pyplot as plt
 
+    if log_axes is not None:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{log_axes[0]} (log)")
+        ax.set_ylabel(f"{log_axes[1]} (log)")
+        ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
