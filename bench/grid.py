@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.executors import executor_config
 from bench.records import LAYOUTS, MODES, TASKS
 from bench.tomlfile import check_keys, number, parse_toml, read_toml, unknown_key
 from bench.variant import VariantSpec
@@ -49,7 +50,7 @@ AXES: dict[str, type] = {
     "batch_size": int,
 }
 GRID_KEYS = [*AXES, "exclude", "include"]
-TOP_LEVEL_KEYS = ["grid", "measure", "description"]
+TOP_LEVEL_KEYS = ["grid", "measure", "executor", "description"]
 # Options of measured sweeps: names take a value or a list from their choices; numbers one value.
 MEASURE_CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "mode": MODES, "precision": PRECISIONS,
                                                "layout": LAYOUTS}
@@ -70,6 +71,7 @@ class Grid:
     exclude: list[dict[str, Any]] = field(default_factory=list)
     include: list[dict[str, Any]] = field(default_factory=list)
     measure: dict[str, Any] = field(default_factory=dict)
+    executor: dict[str, Any] = field(default_factory=dict)  # [executor]: where it runs (bench.executors)
     description: str = ""
     source: str = "<string>"
     sha256: str = ""
@@ -143,7 +145,11 @@ def _grid_from(data: dict[str, Any], name: str, source: str, sha256: str) -> Gri
     check_keys(where, "[measure]", measure, MEASURE_KEYS, GridError)
     for key, value in measure.items():
         check_measure_value(key, value, f"{where}: [measure].{key}")
-    return Grid(name=name, axes=axes, exclude=exclude, include=include, measure=measure,
+    executor = data.get("executor", {})
+    if not isinstance(executor, dict):
+        raise GridError(f"{where}: 'executor' must be a table ([executor])")
+    executor_config(executor, where)  # checked now, applied by the command with its flags on top
+    return Grid(name=name, axes=axes, exclude=exclude, include=include, measure=measure, executor=executor,
                 description=description, source=source, sha256=sha256)
 
 

@@ -33,7 +33,7 @@ from bench.records import (
     measured_figures,
 )
 from bench.store import JsonlStore, Row
-from bench.sweep import base_row, static_key, static_row
+from bench.sweep import STATIC_KIND, StaticPlan, SweepPlan, base_row, static_key, static_row
 from bench.variant import VariantSpec
 from nectargan.errors import NectarGANError
 from nectargan.runtime import precision_reason, resolve_devices
@@ -168,15 +168,26 @@ def measured_row(spec: VariantSpec, cfg: MeasureConfig, device: str, threads: in
 class MeasuredPlan:
     """The static row, then every measured configuration of each valid variant (see the module docstring)."""
 
-    def __init__(self, options: MeasureOptions, launcher: Launcher | None = None) -> None:
+    def __init__(self, options: MeasureOptions, launcher: Launcher | None = None,
+                 devices: list[str] | None = None) -> None:
+        """``devices``: the devices as the measuring host names them, when that is not this machine (a
+        cluster's driver computes the row keys of GPUs it does not have); default: resolved here."""
         self.options = options
-        self.launcher = launcher or LAUNCHERS[options.launcher]()
+        self._launcher = launcher
+        self._devices = devices
         self.ceilings: dict[str, dict[str, float]] = {}
         self._gan_flops: dict[tuple, int] = {}
         self.directory = Path(".")
 
+    @property
+    def launcher(self) -> Launcher:
+        """Made on first use, so a plan that only computes keys starts nothing."""
+        if self._launcher is None:
+            self._launcher = LAUNCHERS[self.options.launcher]()
+        return self._launcher
+
     def devices(self) -> list[str]:
-        return resolve_devices(self.options.device)
+        return list(self._devices) if self._devices is not None else resolve_devices(self.options.device)
 
     def keys(self, spec: VariantSpec) -> set[str]:
         keys = {static_key(spec)}
@@ -189,7 +200,16 @@ class MeasuredPlan:
         return PhaseLimits(long_s=self.options.timeout_s, short_s=self.options.block_timeout_s)
 
     def finish(self) -> None:
-        self.launcher.close()
+        if self._launcher is not None:
+            self._launcher.close()
+
+    def failed_rows(self, spec: VariantSpec, device: str, done: set[str], status: str, reason: str) -> list[Row]:
+        rows = [] if static_key(spec) in done else [base_row(STATIC_KIND, static_key(spec), spec)
+                                                     | {"status": status, "reason": reason}]
+        if spec.invalid_reason() is None:
+            rows += [measured_row(spec, cfg, device, self.options.threads) | {"status": status, "reason": reason}
+                     for cfg in measure_configs(spec, self.options) if measure_key(spec, cfg, device) not in done]
+        return rows
 
     def start(self, directory: Path, store: JsonlStore) -> None:
         """Measure the matmul ceilings once per run (kept in env.json, reused on resume)."""
@@ -314,3 +334,9 @@ def _static_flops(spec: VariantSpec, static: Row | None, store: JsonlStore) -> d
         fwd, _conv, train = flop_counter_counts(spec)
         return {"flops_fwd": fwd, "flops_train": train}
     return {"flops_fwd": static["flops_fwd"], "flops_train": static["flops_train"]}
+
+
+def plan_for(options: MeasureOptions | None, devices: list[str] | None = None) -> SweepPlan:
+    """The plan a sweep runs: :class:`MeasuredPlan` with ``options``, or :class:`StaticPlan` without
+    (``--static-only``). Remote tasks build theirs from the same picklable ``options``."""
+    return StaticPlan() if options is None else MeasuredPlan(options, devices=devices)

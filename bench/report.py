@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.env import ENV_FILE, read_env, write_json_atomic
 from bench.records import BASELINE_MODE, BASELINE_TASKS, COMPILE_MODES
-from bench.store import RUNS_ROOT, JsonlStore, MemoryStore, Row, merged_rows, new_run_dir
+from bench.store import RUNS_ROOT, JsonlStore, MemoryStore, Row, merged_rows, new_run_dir, write_rows_atomic
 from nectargan.errors import NectarGANError
 
 VARIANT_COLUMNS = [
@@ -453,8 +453,14 @@ def write_reports(directory: Path, rows: list[Row], envs: list[dict[str, Any]], 
     return written
 
 
-def report_dirs(directories: list[Path], out: Path | None = None) -> tuple[Path, list[Path]]:
-    """Regenerate reports from one run folder (in place) or merge several into ``out``."""
+def report_dirs(directories: list[Path], out: Path | None = None, replace: bool = False,
+                extra_env: dict[str, Any] | None = None) -> tuple[Path, list[Path]]:
+    """Regenerate reports from one run folder (in place) or merge several into ``out``.
+
+    ``replace`` rewrites the merged rows of an ``out`` that already holds them (the executors merge
+    their shard folders into the sweep's folder again as shards finish); ``extra_env`` goes into the
+    merged env.json.
+    """
     if not directories:
         raise NectarGANError("report needs at least one run folder")
     rows = merged_rows(directories)
@@ -464,12 +470,11 @@ def report_dirs(directories: list[Path], out: Path | None = None) -> tuple[Path,
     if out.exists() and not out.is_dir():
         raise NectarGANError(f"output folder {out} exists and is not a folder")
     if len(directories) > 1 or out.resolve() != directories[0].resolve():
-        store = JsonlStore(out)
-        if store.exists():
+        if JsonlStore(out).exists() and not replace:
             raise NectarGANError(f"output folder {out} already holds results; choose an empty folder")
-        for row in MemoryStore(rows).iter_rows():
-            store.append(row)
-        write_json_atomic(out / ENV_FILE, {"merged_from": [str(d) for d in directories], "sources": envs})
+        write_rows_atomic(out, MemoryStore(rows).iter_rows())
+        write_json_atomic(out / ENV_FILE, {"merged_from": [str(d) for d in directories], "sources": envs,
+                                           **(extra_env or {})})
     names = [Path(env["grid"]).stem for env in envs if env.get("grid")]
     title = " + ".join(dict.fromkeys(names)) if len(names) == len(directories) else " + ".join(
         d.name for d in directories

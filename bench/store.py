@@ -135,6 +135,20 @@ class JsonlStore:
         return {row["key"] for row in self._raw_rows()}
 
 
+def write_rows_atomic(directory: str | os.PathLike[str], rows: Iterable[Row]) -> None:
+    """Replace ``DIR/results.jsonl`` by ``rows`` with one rename (for derived data such as merged shards):
+    a reader sees the old file or the new one, never half of one."""
+    path = Path(directory) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{RESULTS_FILE}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(_clean(row), separators=(",", ":"), allow_nan=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def merged_rows(directories: Iterable[str | os.PathLike[str]]) -> list[Row]:
     """Rows of several run directories (e.g. shards), the last directory winning on a shared key."""
     merged = MemoryStore()

@@ -86,6 +86,10 @@ class SweepPlan(Protocol):
         """Once, after the last variant or an interruption (stop measuring processes)."""
         ...
 
+    def failed_rows(self, spec: VariantSpec, device: str, done: set[str], status: str, reason: str) -> list[Row]:
+        """Rows that say the variant's missing rows could not be made at all (a lost remote task)."""
+        ...
+
 
 class StaticPlan:
     """Count parameters, FLOPs and activations: one ``static`` row per variant, no timing."""
@@ -104,6 +108,10 @@ class StaticPlan:
 
     def finish(self) -> None:
         return None
+
+    def failed_rows(self, spec: VariantSpec, device: str, done: set[str], status: str, reason: str) -> list[Row]:
+        return [] if static_key(spec) in done else [base_row(STATIC_KIND, static_key(spec), spec)
+                                                     | {"status": status, "reason": reason}]
 
 
 @dataclass

@@ -55,3 +55,31 @@ def variant(n_downs: int, features: int, block_type: str, upconv_type: UpconvCho
     if reason is not None:
         raise NectarGANError(reason)
     return spec
+
+
+# Where the work runs (bench.executors): the config's [executor] table, these flags on top.
+Executor = Annotated[str | None, typer.Option(
+    "--executor", help="local (this machine), slurm (submitit, from a login node) or ray (default: the config's "
+    "[executor].kind, else local).")]
+Address = Annotated[str | None, typer.Option(help="Ray: the cluster's address (auto: the one 'ray start' runs here).")]
+Partition = Annotated[str | None, typer.Option(help="Slurm: partition.")]
+Account = Annotated[str | None, typer.Option(help="Slurm: account.")]
+TimeMin = Annotated[int | None, typer.Option(help="Slurm: time limit of each job in minutes (default 60).")]
+MemGb = Annotated[float | None, typer.Option(help="Slurm: memory of each job in GB.")]
+GpusPerTask = Annotated[int | None, typer.Option(
+    help="GPUs of each job or task (default: 1 for a CUDA device, else 0).")]
+CpusPerTask = Annotated[int | None, typer.Option(help="CPU cores of each job or task.")]
+ArrayParallelism = Annotated[int | None, typer.Option(help="Slurm: array tasks running at once.")]
+Sbatch = Annotated[list[str] | None, typer.Option(
+    help="Slurm: an extra sbatch option such as --sbatch=--constraint=h100; repeat the option.")]
+MaxRetries = Annotated[int | None, typer.Option(
+    help="Runs again of a failed or lost job/task (default 2); finished rows and trials are kept.")]
+Detach = Annotated[bool, typer.Option(
+    "--detach", help="Slurm: return once the jobs are submitted (then: nectargan-bench collect DIR).")]
+
+
+def executor_settings(table: dict | None, source: str, kind: str | None, **flags):
+    """The executor: ``table`` (a config's [executor]) with the flags given on top, checked."""
+    from bench.executors import executor_config
+
+    return executor_config(table, source, kind=kind, **flags)

@@ -7,7 +7,22 @@ from typing import Annotated
 
 import typer
 
-from cli.options import Quiet
+from cli.options import (
+    Account,
+    Address,
+    ArrayParallelism,
+    CpusPerTask,
+    Detach,
+    Executor,
+    GpusPerTask,
+    MaxRetries,
+    MemGb,
+    Partition,
+    Quiet,
+    Sbatch,
+    TimeMin,
+    executor_settings,
+)
 from cli.progress import ProgressBar, stderr
 from nectargan.errors import NectarGANError
 from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S
@@ -27,13 +42,34 @@ def study(
         HEARTBEAT_S
     ),
     quiet: Quiet = False,
+    executor: Executor = None,
+    address: Address = None,
+    partition: Partition = None,
+    account: Account = None,
+    time_min: TimeMin = None,
+    mem_gb: MemGb = None,
+    gpus_per_task: GpusPerTask = None,
+    cpus_per_task: CpusPerTask = None,
+    array_parallelism: ArrayParallelism = None,
+    sbatch: Sbatch = None,
+    max_retries: MaxRetries = None,
+    detach: Detach = False,
 ) -> None:
     """Run (or resume) an Optuna study of short training trials; several workers share the storage.
 
+    With --executor slurm or ray the --workers run as cluster jobs or Ray tasks against one storage
+    that every node reaches (PostgreSQL, or a journal file on a shared path).
+
     Example: nectargan-bench study studies/smoke.toml --storage sqlite:///results/studies.db --workers 2
     """
+    from studies.config import load_study_config
     from studies.runner import StudyInterrupted, StudyRun, run_study
 
+    loaded = load_study_config(config)
+    where = executor_settings(loaded.executor, loaded.source, executor, address=address, partition=partition,
+                              account=account, time_min=time_min, mem_gb=mem_gb, gpus_per_task=gpus_per_task,
+                              cpus_per_task=cpus_per_task, array_parallelism=array_parallelism, sbatch=sbatch,
+                              max_retries=max_retries, detach=detach or None)
     run = StudyRun(config_path=config, storage=storage, study_name=study_name, n_trials=n_trials,
                    timeout_s=timeout, workers=workers, out_root=str(out) if out else None, heartbeat_s=heartbeat)
     bar = ProgressBar("trials", quiet=quiet)
@@ -43,13 +79,17 @@ def study(
         bar.update(completed=state["finished"], status=f"best {state['best']}")
 
     try:
-        summary = run_study(run, on_progress=on_progress)
+        summary = run_study(run, on_progress=on_progress, executor=where)
     except StudyInterrupted as exc:
         bar.stop()
         stderr.print(exc.message, highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(130) from None
     finally:
         bar.stop()
+    if summary.get("detached"):
+        stderr.print(f"Study {summary['study']!r}: {workers} worker job(s) submitted to Slurm; watch it: "
+                     f"nectargan-bench dashboard {summary['storage']}", highlight=False, soft_wrap=True)
+        return
     states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items()) or "none"
     stderr.print(f"Study {summary['study']!r}: added {summary['added']} trials ({states}); "
                  f"{summary['total_trials']} in all; best {summary['best']}. Storage {summary['storage']}. "

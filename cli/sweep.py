@@ -13,15 +13,28 @@ from cli.options import (
     DEFAULT,
     DEFAULT_UPCONV,
     INVOCATION,
+    Account,
+    Address,
+    ArrayParallelism,
     BlockType,
+    CpusPerTask,
+    Detach,
     DropoutLayers,
+    Executor,
     Features,
+    GpusPerTask,
     InChannels,
     InputSize,
+    MaxRetries,
+    MemGb,
     NDowns,
     OutChannels,
+    Partition,
     Quiet,
+    Sbatch,
+    TimeMin,
     Upconv,
+    executor_settings,
     variant,
 )
 from cli.progress import ProgressBar, stderr
@@ -127,11 +140,27 @@ def sweep(
     max_batch: Annotated[
         int | None, typer.Option(help="Also find the largest batch that fits, halving from N (column max_batch).")
     ] = None,
+    executor: Executor = None,
+    address: Address = None,
+    partition: Partition = None,
+    account: Account = None,
+    time_min: TimeMin = None,
+    mem_gb: MemGb = None,
+    gpus_per_task: GpusPerTask = None,
+    cpus_per_task: CpusPerTask = None,
+    array_parallelism: ArrayParallelism = None,
+    sbatch: Sbatch = None,
+    shards: Annotated[int | None, typer.Option(help="Slurm: array tasks, one shard each (default: one per "
+                                               "variant, at most 16).")] = None,
+    max_retries: MaxRetries = None,
+    detach: Detach = False,
 ) -> None:
     """Profile every variant of a grid into a run folder, then write its reports.
 
     Without --static-only each valid variant is also measured (throughput, latency, memory, compile
     cost) in a measuring child process, with the grid's [measure] options overridden by these flags.
+    --executor slurm sends the grid to Slurm as a job array of shards, --executor ray as one Ray task
+    per variant; the results land in the same run folder (see README "On a cluster").
 
     Example: nectargan-bench sweep bench/grids/default.toml --static-only --out results/runs/default
     """
@@ -151,29 +180,49 @@ def sweep(
                               threads=threads, timeout_s=timeout, block_timeout_s=block_timeout,
                               cpu_mkldnn=cpu_mkldnn, blocks=blocks, min_block_s=min_block_s,
                               launcher=launcher, max_batch=max_batch)
-    if not static_only:
+    where = executor_settings(loaded.executor, loaded.source, executor, address=address, partition=partition,
+                              account=account, time_min=time_min, mem_gb=mem_gb, gpus_per_task=gpus_per_task,
+                              cpus_per_task=cpus_per_task, array_parallelism=array_parallelism, sbatch=sbatch,
+                              shards=shards, max_retries=max_retries, detach=detach or None)
+    if where.remote and shard_spec is not None:
+        raise NectarGANError(f"shard {shard} with executor {where.kind!r}: the executor splits the grid itself; "
+                             "drop the shard (or set shards in [executor] for Slurm)")
+    if where.kind == "ray":
+        from bench.executors import engine
+
+        plan = engine("ray").RayPlan(None if static_only else options, where)
+        plan.devices()  # connect, and check the cluster has the GPUs asked for, before anything is written
+    elif not static_only and where.kind == "local":
         plan = MeasuredPlan(options)
         plan.devices()  # fail before anything is written
     if resume and out is None:
         raise NectarGANError("--resume needs --out: the run folder to continue")
     directory = out if out is not None else default_out_dir(loaded, shard_spec)
     bar = ProgressBar("profiling" if static_only else "measuring", quiet=quiet)
-    try:
-        result = run_sweep(
-            loaded, directory, plan, resume=resume, shard_spec=shard_spec, command=INVOCATION.command,
-            on_start=lambda total: bar.start(total) if total else None,
-            on_variant=lambda spec, rows: bar.update(advance=1, status=f"{spec.name} [{_worst(rows)}]"),
-        )
-    except KeyboardInterrupt:
+    if where.kind == "slurm":
+        done = _sweep_on_slurm(loaded, directory, None if static_only else options, where, resume, bar)
+        if done is None:
+            return
+        summary_text, written = done
+    else:
+        try:
+            result = run_sweep(
+                loaded, directory, plan, resume=resume, shard_spec=shard_spec, command=INVOCATION.command,
+                on_start=lambda total: bar.start(total) if total else None,
+                on_variant=lambda spec, rows: bar.update(advance=1, status=f"{spec.name} [{_worst(rows)}]"),
+            )
+        except KeyboardInterrupt:
+            bar.stop()
+            stderr.print(f"Interrupted. Finished rows are kept in {directory}/results.jsonl; continue with "
+                         f"--out {directory} --resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         bar.stop()
-        stderr.print(f"Interrupted. Finished rows are kept in {directory}/results.jsonl; continue with "
-                     f"--out {directory} --resume", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    bar.stop()
+        summary_text = _summary(result)
     rows = list(JsonlStore(directory).iter_rows())
-    env = read_env(directory)
-    written = write_reports(directory, rows, [env] if env else [], title=loaded.name)
-    summary = f"{_summary(result)}. Wrote {directory}/results.jsonl, " + ", ".join(p.name for p in written)
+    if where.kind != "slurm":  # the Slurm path merged its shards into reports already
+        env = read_env(directory)
+        written = write_reports(directory, rows, [env] if env else [], title=loaded.name)
+    summary = f"{summary_text}. Wrote {directory}/results.jsonl, " + ", ".join(p.name for p in written)
     failed = [r for r in rows if r.get("status") in ("error", "timeout")]
     failure = (f"Error: {len(failed)} row(s) failed (status error or timeout); see the reason column of "
                f"{directory}/results.csv") if failed else ""
@@ -191,6 +240,76 @@ def sweep(
         if failure:
             _print(failure)
     if failed:
+        raise typer.Exit(1)
+
+
+def _sweep_on_slurm(grid, directory: Path, options, where, resume: bool,
+                    bar: ProgressBar) -> tuple[str, list[Path]] | None:
+    """Run the grid as a Slurm job array (bench.executors.slurm): the summary and the files written,
+    or None when detached."""
+    from bench.executors import engine
+
+    slurm = engine("slurm")
+    try:
+        result = slurm.sweep(grid, directory, options, where, resume=resume, command=INVOCATION.command,
+                             on_start=lambda total, finished: bar.start(total) or bar.update(completed=finished),
+                             on_progress=lambda finished: bar.update(completed=finished, status="shards running"))
+    except KeyboardInterrupt:
+        bar.stop()
+        stderr.print(f"Interrupted. The submitted jobs keep running; merge what they wrote with: nectargan-bench "
+                     f"collect {directory}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    bar.stop()
+    if result.detached:
+        _print(f"Submitted {result.submitted} shard job(s) of {len(result.shards)} to Slurm; logs in "
+               f"{directory}/submitit. Merge their results when they end: nectargan-bench collect {directory}")
+        return None
+    if result.failures:
+        for failure in result.failures:
+            _print(f"Error: {failure}")
+    done = sum(s.finished for s in result.shards)
+    total = sum(s.variants for s in result.shards)
+    text = (f"{total} variants in {len(result.shards)} Slurm shards ({result.submitted} submitted), {done} finished; "
+            f"{_count_rows(directory)}")
+    if result.failures:
+        _print(f"{text}. Resubmit the unfinished shards with --out {directory} --resume")
+        raise typer.Exit(1)
+    return text, result.written
+
+
+def _count_rows(directory: Path) -> str:
+    from collections import Counter
+
+    from bench.store import JsonlStore
+
+    counts = Counter(r["status"] for r in JsonlStore(directory).iter_rows())
+    return "rows: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none")
+
+
+def collect(
+    directory: Annotated[Path, typer.Argument(help="The run folder of a sweep sent to a cluster.")],
+) -> None:
+    """Merge what a cluster sweep's shards have written into its run folder and rewrite its reports.
+
+    Exits 1 while shards are unfinished, naming their jobs' states.
+
+    Example: nectargan-bench collect results/runs/default-20261127-101500
+    """
+    from bench.executors import engine
+
+    _existing_folders(directory)
+    result, jobs = engine("slurm").collect(directory)
+    if result.written:
+        _print(f"Wrote {directory}/results.jsonl, " + ", ".join(p.name for p in result.written))
+    unfinished = [s for s in result.shards if not s.complete]
+    done = sum(s.finished for s in result.shards)
+    total = sum(s.variants for s in result.shards)
+    _print(f"{done} of {total} variants finished in {len(result.shards)} shards; {_count_rows(directory)}")
+    if unfinished:
+        states = "; ".join(f"shard {s.index}: {s.finished}/{s.variants} variants, {jobs.get(str(s.index), 'no job')}"
+                           for s in unfinished)
+        _print(f"Error: {len(unfinished)} shard(s) unfinished ({states}); collect again when they end, or resubmit "
+               f"them with the sweep command and --out {directory} --resume")
         raise typer.Exit(1)
 
 
@@ -296,4 +415,4 @@ def compare(
         raise typer.Exit(1)
 
 
-COMMANDS = {"profile": profile, "sweep": sweep, "report": report, "compare": compare}
+COMMANDS = {"profile": profile, "sweep": sweep, "collect": collect, "report": report, "compare": compare}

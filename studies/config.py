@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.executors import EXECUTOR_KEYS, executor_config
 from bench.tomlfile import check_keys, number, parse_toml, read_toml, section
 from nectargan.errors import NectarGANError, did_you_mean
 
@@ -60,7 +61,7 @@ FIXED_PARAMS = SEARCHABLE | {"input_size": int, "in_channels": int, "out_channel
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PRUNERS = ("median", "hyperband", "none")
 CONSTRAINTS = {"max_params": "params", "max_gflops": "gflops", "max_peak_mem_mib": "peak_mem_mib"}
-SECTIONS = ("description", "study", "data", "budget", "space", "fixed", "constraints")
+SECTIONS = ("description", "study", "data", "budget", "space", "fixed", "constraints", "executor")
 STUDY_KEYS = ("name", "objectives", "sampler", "pruner", "seed", "n_trials", "baseline")
 DATA_KEYS = ("path", "task", "size", "count", "seed")
 BUDGET_KEYS = ("steps", "seconds", "eval_every", "trial_timeout_s", "infer_blocks", "infer_min_block_s")
@@ -108,6 +109,7 @@ class StudyConfig:
     infer_blocks: int = 3
     infer_min_block_s: float = 0.1
     baseline: bool = True
+    executor: dict[str, Any] = field(default_factory=dict)  # [executor]: where the workers run (bench.executors)
     description: str = ""
     source: str = "<string>"
     sha256: str = ""
@@ -149,6 +151,8 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
     space_t = _table(data, "space", SEARCHABLE, where)
     fixed = _table(data, "fixed", FIXED_PARAMS, where)
     constraints_t = _table(data, "constraints", CONSTRAINTS, where)
+    executor_t = _table(data, "executor", EXECUTOR_KEYS, where)
+    executor_config(executor_t, where)  # checked now, applied by the command with its flags on top
 
     objectives = study.get("objectives", ["val_l1"])
     if isinstance(objectives, str):
@@ -251,6 +255,7 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
         infer_blocks=infer_blocks,
         infer_min_block_s=float(infer_min_block_s),
         baseline=baseline,
+        executor=dict(executor_t),
         description=description,
         source=source,
         sha256=sha256,

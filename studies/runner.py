@@ -31,6 +31,7 @@ from typing import Any
 
 import optuna
 
+from bench.executors import ExecutorConfig
 from nectargan.errors import NectarGANError
 from nectargan.train import NonFiniteLossError
 from studies.baseline import baseline_settings, enqueue_baseline, why_no_baseline
@@ -89,6 +90,8 @@ class StudyRun:
     out_root: str | None = None
     heartbeat_s: int = HEARTBEAT_S
     grace_s: int | None = None
+    run_id: str | None = None  # tags this invocation's trials, so a restarted worker knows its own
+    threads: int | None = None  # torch threads per worker (default: the cores shared among local workers)
 
     def config(self) -> StudyConfig:
         return load_study_config(self.config_path)
@@ -227,28 +230,78 @@ def _split(total: int | None, workers: int) -> list[int | None]:
     return [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
 
 
+RUN_ATTR = "run_id"
+WORKER_ATTR = "worker"
+ENDED_ATTR = "ended"  # set by the worker as its objective returns or raises: the trial was not lost
+LOST = "lost with its worker (the worker was restarted; the trial's settings may run again)"
+
+
+def _own_trials(study: optuna.Study, run: StudyRun, index: int) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get(RUN_ATTR) == run.run_id and t.user_attrs.get(WORKER_ATTR) == index]
+
+
+def remaining_share(study: optuna.Study, run: StudyRun, index: int, n_trials: int | None) -> int | None:
+    """How many of its ``n_trials`` worker ``index`` still owes, after failing the trials it lost.
+
+    A worker runs again only after its previous process is gone (a Ray retry, a Slurm requeue or
+    resubmission), so its own RUNNING trials are dead: they are marked FAIL now with reason
+    :data:`LOST` (not after the heartbeat's grace period) and not counted. Trials it finished count.
+    """
+    if run.run_id is None:
+        return n_trials
+    ended = 0
+    for trial in _own_trials(study, run, index):
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            with contextlib.suppress(ValueError, RuntimeError):  # failed meanwhile by a heartbeat check
+                optuna.trial.Trial(study, trial._trial_id).set_user_attr("reason", LOST)
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        elif trial.user_attrs.get(ENDED_ATTR):
+            ended += 1
+    return None if n_trials is None else max(0, n_trials - ended)
+
+
 def run_worker(run: StudyRun, index: int, n_trials: int | None,
-               callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None) -> None:
-    """One worker: its own sampler seed, the shared storage, ``n_trials`` trials (None: until timeout)."""
+               callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None) -> int:
+    """One worker: its own sampler seed, the shared storage, ``n_trials`` trials (None: until timeout).
+
+    With a ``run_id`` each trial is tagged with it and the worker's index, so that a worker started
+    again runs only what it still owes (:func:`remaining_share`). Returns the trials it ran.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _quiet_failed_trials()
     config = run.config()
-    if run.workers > 1:  # share the cores: oversubscribed OpenMP threads slow every worker down many times
-        import os
-
+    threads = run.threads or ((os.cpu_count() or 1) // run.workers if run.workers > 1 else None)
+    if threads:  # share the cores: oversubscribed OpenMP threads slow every worker down many times
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // run.workers))
+        torch.set_num_threads(max(1, threads))
     study = open_study(run, config, config.seed)
+    n_trials = remaining_share(study, run, index, n_trials)
+    if n_trials == 0:
+        return 0
     # Its own seed per worker, and per resumption, so no two workers replay the same suggestions.
     study.sampler = make_sampler(config, config.seed + 1000 * index + len(study.get_trials(deepcopy=False)))
     artifacts = artifact_store(run.storage)
     out_root = run.out(config)
-    study.optimize(
-        lambda trial: run_trial(trial, config, out_root, artifacts),
-        n_trials=n_trials, timeout=run.timeout_s, catch=(NonFiniteLossError,), callbacks=callbacks or [],
-        gc_after_trial=True,
-    )
+    ran = 0
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
+        nonlocal ran
+        ran += 1
+        if run.run_id is not None:
+            trial.set_user_attr(RUN_ATTR, run.run_id)
+            trial.set_user_attr(WORKER_ATTR, index)
+        try:
+            return run_trial(trial, config, out_root, artifacts)
+        finally:
+            if run.run_id is not None:
+                with contextlib.suppress(Exception):  # a lost storage: the trial's state says enough
+                    trial.set_user_attr(ENDED_ATTR, True)
+
+    study.optimize(objective, n_trials=n_trials, timeout=run.timeout_s, catch=(NonFiniteLossError,),
+                   callbacks=callbacks or [], gc_after_trial=True)
+    return ran
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
@@ -294,10 +347,20 @@ def _stop_workers(processes: list) -> None:
             process.terminate()
 
 
-def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Prepare data and the study, run the workers, return a summary of what this invocation added."""
+def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | None = None,
+              executor: ExecutorConfig | None = None) -> dict[str, Any]:
+    """Prepare data and the study, run the workers, return a summary of what this invocation added.
+
+    ``executor`` (slurm or ray) runs the workers on a cluster (:mod:`studies.cluster`); with
+    ``detach`` it returns once they are submitted, the summary's ``detached`` naming their jobs.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = run.config()
+    remote = executor is not None and executor.remote
+    if remote:
+        from studies import cluster
+
+        run = cluster.prepare_run(run, config, executor)
     if run.workers < 1:
         raise NectarGANError(f"workers={run.workers} is not valid: use 1 or more")
     n_trials = run.n_trials if run.n_trials is not None else (None if run.timeout_s else config.n_trials)
@@ -328,7 +391,13 @@ def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | Non
     shares = _split(n_trials, run.workers)
     try:
         with _sigint_once():
-            if run.workers == 1:
+            if remote:
+                outcomes = cluster.run_workers(run, config, executor, shares, progress)
+                if outcomes is None:
+                    return _summary(run, study, before) | {"detached": True}
+                progress()
+                cluster.check_outcomes(outcomes)
+            elif run.workers == 1:
                 progress()
                 run_worker(run, 0, shares[0], callbacks=[progress])
             else:

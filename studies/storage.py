@@ -129,6 +129,21 @@ def open_storage(
         raise StorageError(f"storage {url!r} cannot be opened: {type(exc).__name__}: {message}") from None
 
 
+def check_cluster_storage(url: str, executor: str) -> str:
+    """The storage URL for workers on several machines: PostgreSQL/MySQL as given, a journal file as an
+    absolute path (it must lie on a file system every node mounts); SQLite is refused, since its
+    locking does not work across machines. Nothing is opened or created."""
+    journal = _journal_path(url)
+    if journal is not None:
+        return f"journal:{journal.resolve()}"
+    if url.startswith(("postgresql", "mysql")):
+        return url
+    if url.startswith("sqlite"):
+        raise StorageError(f"storage {url!r} is a SQLite file, which workers on several machines cannot share; with "
+                           f"executor {executor!r} use postgresql://USER@HOST/DB or journal:/shared/path/study.log")
+    raise StorageError(f"storage {url!r} is not valid: use postgresql://USER@HOST/DB or journal:/shared/path/study.log")
+
+
 def artifact_dir(url: str) -> Path:
     """The artifact folder that goes with a storage: beside a file storage, else results/artifacts."""
     journal = _journal_path(url)

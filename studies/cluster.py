@@ -1,0 +1,80 @@
+"""Study workers on a cluster: K worker jobs (Slurm) or tasks (Ray) sharing one Optuna storage.
+
+Each worker is :func:`studies.runner.run_worker`, as on one machine; the storage is the only
+coordinator, so it must be one that every node reaches (:func:`studies.storage.check_cluster_storage`).
+The study is created, and its baseline enqueued, by the driver before anything is submitted. A
+worker that is lost (a killed process, a lost node, a preempted job) is started again by its engine
+with the same index; it then marks its own dead trial FAIL and runs only the trials it still owes,
+so a study of N trials ends with N trials that ran to their end and none left RUNNING.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.executors import ExecutorConfig, Outcome, engine, here, remote_device
+from bench.executors.jobs import enter
+from nectargan.errors import NectarGANError
+from studies.config import StudyConfig
+from studies.runner import StudyRun, run_worker
+from studies.storage import check_cluster_storage
+
+LOGS_DIR = "submitit"
+
+
+@dataclass(frozen=True)
+class StudyWorker:
+    """Worker ``index`` of a study run, owing ``n_trials`` (None: until the run's timeout)."""
+
+    run: StudyRun
+    index: int
+    n_trials: int | None
+    cwd: str | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        enter(self.cwd)
+        return {"worker": self.index, "ran": run_worker(self.run, self.index, self.n_trials), **here()}
+
+
+def prepare_run(run: StudyRun, config: StudyConfig, executor: ExecutorConfig) -> StudyRun:
+    """Check what a cluster run needs before anything is written (the engine is installed, Slurm is
+    there, the device and storage suit several nodes); return the run as every worker sees it: a
+    shared storage URL, absolute folders, a run id tagging its trials, threads per worker."""
+    device = str(config.fixed.get("device", "auto"))
+    if device != "auto":
+        remote_device(device, executor.kind)
+    engine(executor.kind).check_available(executor, gpus_per_worker(config, executor))
+    storage = check_cluster_storage(run.storage, executor.kind)
+    out_root = str(run.out(config).resolve())
+    return dataclasses.replace(run, storage=storage, out_root=out_root, run_id=uuid.uuid4().hex[:12],
+                               threads=executor.cpus_per_task or run.threads)
+
+
+def gpus_per_worker(config: StudyConfig, executor: ExecutorConfig) -> int:
+    device = str(config.fixed.get("device", "auto"))
+    return executor.gpus("cpu" if device == "cpu" else "cuda")
+
+
+def run_workers(run: StudyRun, config: StudyConfig, executor: ExecutorConfig, shares: list[int | None],
+                progress: Callable[[], None]) -> list[Outcome] | None:
+    """Start one worker per non-empty share on the executor and wait for them (None: detached)."""
+    calls = [StudyWorker(run, i, share, os.getcwd()) for i, share in enumerate(shares) if share != 0]
+    module = engine(executor.kind)
+    gpus = gpus_per_worker(config, executor)
+    if executor.kind == "slurm":
+        return module.run_calls(calls, executor, Path(run.out(config)) / LOGS_DIR, f"nectargan-{run.name(config)}",
+                                gpus, on_poll=progress)
+    return module.run_calls(calls, executor, gpus, on_poll=progress)
+
+
+def check_outcomes(outcomes: list[Outcome]) -> None:
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise NectarGANError(f"{len(failed)} worker(s) failed: " + "; ".join(
+            f"worker {o.index}: {o.reason}" for o in failed))
