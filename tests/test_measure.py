@@ -278,11 +278,13 @@ task = ["train"]
 mode = ["eager"]
 layout = ["nchw", "channels_last"]
 """
-    code, out = _sweep(tmp_path, text, "--blocks", "2")
+    # the corrupted heap sometimes spins instead of aborting: short limits turn that into a timeout row
+    code, out = _sweep(tmp_path, text, "--blocks", "2", "--timeout", "60", "--block-timeout", "20")
     rows = {r["layout"]: r for r in _rows(out) if r["kind"] == "measure"}
     assert rows["nchw"]["status"] == "ok"
     crashed = rows["channels_last"]
-    assert crashed["status"] == "ok" or ("died of" in crashed["reason"] and "phase" in crashed["reason"])
+    assert crashed["status"] == "ok" or ("died of" in crashed["reason"] and "phase" in crashed["reason"]) or (
+        crashed["status"] == "timeout" and "phase" in crashed["reason"])
     assert code == (0 if crashed["status"] == "ok" else 1)
     assert all(r["cpu_mkldnn"] is True for r in rows.values())
 
