@@ -165,8 +165,8 @@ def test_existing_run_folder_is_not_overwritten(sample_dataset, tmp_path):
 
 
 def test_fit_counts_only_its_own_graph_breaks_and_the_recompiles_after_warm_up(sample_dataset, monkeypatch):
-    """The accounting of compiled runs (the compiled step itself is measured, with 0 breaks and 0 recompiles,
-    by the shared compiled sweep: tests/test_measure.py::test_gan_step_rows_flops_and_the_nectargan_baseline)."""
+    """The accounting of compiled runs (the compiled step itself has 0 breaks and 0 recompiles:
+    test_the_compiled_gan_step_is_three_graphs_without_breaks_or_recompiles)."""
     from nectargan.train import loop
 
     counts = {"frames": 100, "graph_breaks": 7}  # what earlier runs in this process left behind
@@ -179,3 +179,42 @@ def test_fit_counts_only_its_own_graph_breaks_and_the_recompiles_after_warm_up(s
     summary = fit(_config(sample_dataset, steps=6, eval_every=3))
     assert summary["graph_breaks"] == 0  # the 7 breaks were not this run's
     assert summary["recompiles_after_warmup"] == 1  # frames between the warm-up reading and the end
+
+
+def test_the_compiled_gan_step_is_three_graphs_without_breaks_or_recompiles(monkeypatch):
+    """The GAN step's compiled structure, traced with AOT autograd but no Inductor code generation (a cold
+    Inductor compile of this step costs minutes on a 2-core CPU; the GPU check measures that one)."""
+    import torch._dynamo
+
+    from nectargan.models import Discriminator
+    from nectargan.runtime import dynamo_counts
+    from nectargan.train.config import Resolved
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: real_compile(
+        fn, backend="aot_eager", dynamic=dynamic))
+    torch._dynamo.reset()
+    config = TrainConfig()
+    batches = [(torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1) for _ in range(3)]
+
+    def losses(compiled: bool) -> list[dict[str, float]]:
+        torch.manual_seed(0)
+        g, d = UnetGenerator(32, features=4, n_downs=3), Discriminator(base_channels=4, n_layers=2)
+        step = step_module.Pix2PixStep(g, d, config, Resolved(torch.device("cpu"), "fp32", False, compiled))
+        out = []
+        for i, (x, y) in enumerate(batches):
+            if i == 1:
+                after_first = dynamo_counts()
+            out.append({k: float(v) for k, v in step(x, y).items()})
+        if compiled:
+            now = dynamo_counts()
+            assert now["frames"] == after_first["frames"]  # nothing compiled again after the first step
+            assert now["graph_breaks"] == 0
+        return out
+
+    before = dynamo_counts()
+    compiled = losses(True)
+    assert dynamo_counts()["frames"] - before["frames"] == 3  # G's forward, D's loss, G's loss
+    eager = losses(False)
+    for a, b in zip(compiled, eager, strict=True):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
