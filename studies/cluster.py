@@ -39,18 +39,21 @@ class StudyWorker:
 
     def __call__(self) -> dict[str, Any]:
         enter(self.cwd)
-        return {"worker": self.index, "ran": run_worker(self.run, self.index, self.n_trials), **here()}
+        run = self.run
+        if run.threads is None:  # the cores this job or task was given (Slurm sets the affinity)
+            run = dataclasses.replace(run, threads=len(os.sched_getaffinity(0)))
+        return {"worker": self.index, "ran": run_worker(run, self.index, self.n_trials), **here()}
 
 
 def prepare_run(run: StudyRun, config: StudyConfig, executor: ExecutorConfig) -> StudyRun:
     """Check what a cluster run needs before anything is written (the engine is installed, Slurm is
     there, the device and storage suit several nodes); return the run as every worker sees it: a
     shared storage URL, absolute folders, a run id tagging its trials, threads per worker."""
+    storage = check_cluster_storage(run.storage, executor.kind)
     device = str(config.fixed.get("device", "auto"))
     if device != "auto":
         remote_device(device, executor.kind)
     engine(executor.kind).check_available(executor, gpus_per_worker(config, executor))
-    storage = check_cluster_storage(run.storage, executor.kind)
     out_root = str(run.out(config).resolve())
     return dataclasses.replace(run, storage=storage, out_root=out_root, run_id=uuid.uuid4().hex[:12],
                                threads=executor.cpus_per_task or run.threads)

@@ -31,7 +31,7 @@ from typing import Any
 
 import optuna
 
-from bench.executors import ExecutorConfig
+from bench.executors import ExecutorConfig, here
 from nectargan.errors import NectarGANError
 from nectargan.train import NonFiniteLossError
 from studies.baseline import baseline_settings, enqueue_baseline, why_no_baseline
@@ -232,6 +232,7 @@ def _split(total: int | None, workers: int) -> list[int | None]:
 
 RUN_ATTR = "run_id"
 WORKER_ATTR = "worker"
+RAN_ON_ATTR = "ran_on"
 ENDED_ATTR = "ended"  # set by the worker as its objective returns or raises: the trial was not lost
 LOST = "lost with its worker (the worker was restarted; the trial's settings may run again)"
 
@@ -250,14 +251,19 @@ def remaining_share(study: optuna.Study, run: StudyRun, index: int, n_trials: in
     """
     if run.run_id is None:
         return n_trials
-    ended = 0
+    ended, lost = 0, 0
     for trial in _own_trials(study, run, index):
         if trial.state == optuna.trial.TrialState.RUNNING:
             with contextlib.suppress(ValueError, RuntimeError):  # failed meanwhile by a heartbeat check
                 optuna.trial.Trial(study, trial._trial_id).set_user_attr("reason", LOST)
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                lost += 1
         elif trial.user_attrs.get(ENDED_ATTR):
             ended += 1
+    config = run.config()
+    if lost and config.baseline:  # the lost trial may have been the baseline: it gets another go
+        with _enqueue_lock(run):
+            enqueue_baseline(study, config)
     return None if n_trials is None else max(0, n_trials - ended)
 
 
@@ -292,6 +298,7 @@ def run_worker(run: StudyRun, index: int, n_trials: int | None,
         if run.run_id is not None:
             trial.set_user_attr(RUN_ATTR, run.run_id)
             trial.set_user_attr(WORKER_ATTR, index)
+            trial.set_user_attr(RAN_ON_ATTR, here())  # node, pid and GPUs: which job or task ran it
         try:
             return run_trial(trial, config, out_root, artifacts)
         finally:

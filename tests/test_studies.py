@@ -1,5 +1,6 @@
-"""Optuna studies: configs, trials with attributes and artifacts, resuming, workers on journal and
-PostgreSQL, a killed worker's trial retried, reports, and optuna-dashboard as a real client."""
+"""Optuna studies: configs, trials with attributes and artifacts, resuming, workers on SQLite and journal,
+a killed worker's trial retried on PostgreSQL, reports, and optuna-dashboard as a real client. (Several
+workers on PostgreSQL, the baseline among them: tests/test_cluster.py.)"""
 
 from __future__ import annotations
 
@@ -250,17 +251,6 @@ def _postgres_or_skip() -> None:
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432 (CI and developer machines have one)")
 
 
-def test_baseline_runs_once_with_two_workers_on_postgresql(tmp_path, sample_dataset):
-    _postgres_or_skip()
-    name = f"pg-{uuid.uuid4().hex[:8]}"
-    try:
-        trials = _two_workers(POSTGRES, tmp_path, sample_dataset, name, baseline=True, n_trials=3)
-        assert len(trials) == 3
-        _baseline_ran_once(trials, tmp_path / f"out-{name}")
-    finally:
-        optuna.delete_study(study_name=name, storage=POSTGRES)
-
-
 def test_waiting_trials_are_handed_out_once_on_sqlite(tmp_path):
     """SQLite has no row locks: without the lock file two takers can both get one waiting trial."""
     import threading
@@ -368,10 +358,6 @@ def _kill_mid_trial_and_retry(storage: str, tmp_path: Path, data: Path, name: st
     assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.COMPLETE
     assert retries[0].params == killed.params
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
-
-
-def test_killed_worker_trial_fails_and_is_retried_sqlite(tmp_path, sample_dataset):
-    _kill_mid_trial_and_retry(f"sqlite:///{tmp_path}/k.db", tmp_path, sample_dataset, "k")
 
 
 def test_killed_worker_trial_fails_and_is_retried_postgresql(tmp_path, sample_dataset):

@@ -85,6 +85,14 @@ def _reason(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
+def _local_results(job: submitit.Job, config: ExecutorConfig) -> submitit.Job:
+    """A local job's result file is there at once: do not wait submitit's 15 s for a shared file system
+    before calling a killed job failed."""
+    if config.cluster == "local":
+        job._results_timeout_s = 0
+    return job
+
+
 def poll_s(config: ExecutorConfig) -> float:
     return 1.0 if config.cluster == "local" else 10.0
 
@@ -101,6 +109,8 @@ def run_calls(calls: list[Callable[[], Any]], config: ExecutorConfig, folder: Pa
     except Exception as exc:  # sbatch refused (bad partition, account...): one line, before any waiting
         raise ExecutorError(f"Slurm refused the jobs: {_reason(exc)}") from None
     outcomes = [Outcome(i) for i in range(len(calls))]
+    for job in jobs:
+        _local_results(job, config)
     for i, job in enumerate(jobs):
         outcomes[i].job_ids.append(str(job.job_id))
         if on_submit:
@@ -119,7 +129,7 @@ def run_calls(calls: list[Callable[[], Any]], config: ExecutorConfig, folder: Pa
                 outcomes[i].result = job.result()
                 pending.discard(i)
             elif attempts[i] <= config.max_retries:
-                jobs[i] = executor.submit(wrapped[i])
+                jobs[i] = _local_results(executor.submit(wrapped[i]), config)
                 attempts[i] += 1
                 outcomes[i].job_ids.append(str(jobs[i].job_id))
                 if on_submit:
