@@ -108,8 +108,8 @@ def write_state(directory: Path, state: dict[str, Any]) -> None:
 def read_state(directory: Path) -> dict[str, Any]:
     path = directory / STATE_FILE
     if not path.is_file():
-        raise NectarGANError(f"{directory} holds no {STATE_FILE}: it is not a sweep sent to a cluster "
-                             "(for a local run folder use nectargan-bench report)")
+        raise NectarGANError(f"{directory} holds no {STATE_FILE}: it is not a sweep sent to Slurm (a local or "
+                             "Ray run folder is complete as it is; nectargan-bench report DIR rewrites its reports)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

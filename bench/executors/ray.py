@@ -7,12 +7,15 @@ returns. The driver is therefore the only writer of ``results.jsonl``, resuming 
 and a row is written once, however often its task ran. A task whose worker process or node is lost
 is run again by Ray (``max_retries``); an out-of-memory inside the measurement is an ``oom`` row
 (the measuring child reports it); one that Ray's memory monitor kills the task for becomes ``oom``
-rows too, never a retry loop; a task that fails after its retries becomes ``error`` rows.
+rows too. Ray retries such a kill forever by default: a local instance started here is told not to
+(``task_oom_retries = 0``); start a cluster with ``RAY_task_oom_retries=0 ray start ...`` for the same.
+A task that fails after its retries becomes ``error`` rows.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 import threading
 from collections.abc import Callable
@@ -38,8 +41,11 @@ def connect(config: ExecutorConfig) -> None:
     with _connect_lock:
         if ray.is_initialized():
             return
+        extra: dict[str, Any] = {}
+        if config.address is None and not os.environ.get("RAY_ADDRESS"):  # a new local instance: ours to set up
+            extra["_system_config"] = {"task_oom_retries": 0}  # Ray retries OOM kills forever by default
         try:
-            ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=config.address, include_dashboard=False, log_to_driver=False, **extra)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             message = " ".join(str(exc).split())[:300]
             raise ExecutorError(f"cannot connect to Ray at address {config.address!r}: {message} (start a cluster "
