@@ -148,7 +148,7 @@ def _grid_from(data: dict[str, Any], name: str, source: str, sha256: str) -> Gri
     executor = data.get("executor", {})
     if not isinstance(executor, dict):
         raise GridError(f"{where}: 'executor' must be a table ([executor])")
-    executor_config(executor, where)  # checked now, applied by the command with its flags on top
+    executor_config(executor, where, table_only=True)  # checked now, applied by the command with its flags on top
     return Grid(name=name, axes=axes, exclude=exclude, include=include, measure=measure, executor=executor,
                 description=description, source=source, sha256=sha256)
 

@@ -28,6 +28,7 @@ from nectargan.errors import NectarGANError
 SCHEMA_VERSION = 1
 STATIC_KIND = "static"
 LOCK_FILE = ".lock"
+CLUSTER_STATE = "executor.json"  # a sweep sent to Slurm (bench.executors.slurm): its folder holds shards
 
 
 def static_key(spec: VariantSpec) -> str:
@@ -175,6 +176,9 @@ def prepare_run_dir(
     """
     if directory.exists() and not directory.is_dir():
         raise NectarGANError(f"output folder {directory} exists and is not a folder")
+    if (directory / CLUSTER_STATE).is_file():
+        raise NectarGANError(f"{directory} is a sweep sent to Slurm (it holds {CLUSTER_STATE}): resume it with "
+                             "--executor slurm, or merge what its shards wrote with nectargan-bench collect")
     if resume and not (JsonlStore(directory).exists() or (directory / ENV_FILE).is_file()):
         what = "does not exist" if not directory.exists() else f"holds no sweep (no {RESULTS_FILE} or {ENV_FILE})"
         raise NectarGANError(f"nothing to resume in {directory}: it {what}; start a new run there instead "

@@ -87,8 +87,9 @@ def study(
     finally:
         bar.stop()
     if summary.get("detached"):
-        stderr.print(f"Study {summary['study']!r}: {workers} worker job(s) submitted to Slurm; watch it: "
-                     f"nectargan-bench dashboard {summary['storage']}", highlight=False, soft_wrap=True)
+        stderr.print(f"Study {summary['study']!r}: its worker jobs are submitted to Slurm (logs in the trial folder's "
+                     f"submitit/); watch it: nectargan-bench dashboard {summary['storage']}", highlight=False,
+                     soft_wrap=True)
         return
     states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items()) or "none"
     stderr.print(f"Study {summary['study']!r}: added {summary['added']} trials ({states}); "

@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.executors import ExecutorConfig, Outcome, engine, here, remote_device
+from bench.executors import LOGS_DIR, ExecutorConfig, Outcome, check_gpus, engine, here, remote_device
 from bench.executors.jobs import enter
 from nectargan.errors import NectarGANError
 from studies.config import StudyConfig
 from studies.runner import StudyRun, run_worker
 from studies.storage import check_cluster_storage
-
-LOGS_DIR = "submitit"
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class StudyWorker:
     def __call__(self) -> dict[str, Any]:
         enter(self.cwd)
         run = self.run
-        if run.threads is None:  # the cores this job or task was given (Slurm sets the affinity)
+        if run.threads is None:  # the cores this Slurm job was given (Slurm sets the affinity)
             run = dataclasses.replace(run, threads=len(os.sched_getaffinity(0)))
         return {"worker": self.index, "ran": run_worker(run, self.index, self.n_trials), **here()}
 
@@ -55,13 +53,19 @@ def prepare_run(run: StudyRun, config: StudyConfig, executor: ExecutorConfig) ->
         remote_device(device, executor.kind)
     engine(executor.kind).check_available(executor, gpus_per_worker(config, executor))
     out_root = str(run.out(config).resolve())
-    return dataclasses.replace(run, storage=storage, out_root=out_root, run_id=uuid.uuid4().hex[:12],
-                               threads=executor.cpus_per_task or run.threads)
+    config_path = str(Path(run.config_path).resolve()) if Path(run.config_path).exists() else run.config_path
+    # threads: Ray reserves cpus_per_task (default 1) cores a task and lets several share a node
+    threads = executor.cpus_per_task or (1 if executor.kind == "ray" else run.threads)
+    return dataclasses.replace(run, config_path=config_path, storage=storage, out_root=out_root,
+                               run_id=uuid.uuid4().hex[:12], threads=threads)
 
 
 def gpus_per_worker(config: StudyConfig, executor: ExecutorConfig) -> int:
+    """GPUs per worker: one unless the study runs on the CPU (``auto`` is taken to mean a GPU node)."""
     device = str(config.fixed.get("device", "auto"))
-    return executor.gpus("cpu" if device == "cpu" else "cuda")
+    if device == "auto":
+        return executor.gpus("cuda")
+    return check_gpus(executor, "cpu" if device == "cpu" else "cuda")
 
 
 def run_workers(run: StudyRun, config: StudyConfig, executor: ExecutorConfig, shares: list[int | None],
@@ -70,9 +74,9 @@ def run_workers(run: StudyRun, config: StudyConfig, executor: ExecutorConfig, sh
     calls = [StudyWorker(run, i, share, os.getcwd()) for i, share in enumerate(shares) if share != 0]
     module = engine(executor.kind)
     gpus = gpus_per_worker(config, executor)
-    if executor.kind == "slurm":
+    if executor.kind == "slurm":  # Ctrl-C cancels the workers, so that the same command can continue the study
         return module.run_calls(calls, executor, Path(run.out(config)) / LOGS_DIR, f"nectargan-{run.name(config)}",
-                                gpus, on_poll=progress)
+                                gpus, on_poll=progress, cancel_on_interrupt=True)
     return module.run_calls(calls, executor, gpus, on_poll=progress)
 
 

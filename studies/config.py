@@ -152,7 +152,7 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
     fixed = _table(data, "fixed", FIXED_PARAMS, where)
     constraints_t = _table(data, "constraints", CONSTRAINTS, where)
     executor_t = _table(data, "executor", EXECUTOR_KEYS, where)
-    executor_config(executor_t, where)  # checked now, applied by the command with its flags on top
+    executor_config(executor_t, where, table_only=True)  # checked now, applied by the command with its flags on top
 
     objectives = study.get("objectives", ["val_l1"])
     if isinstance(objectives, str):

@@ -377,7 +377,8 @@ def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | Non
         raise NectarGANError(f"heartbeat={run.heartbeat_s} is not valid: use 1 second or more")
     if run.timeout_s is not None and run.timeout_s <= 0:
         raise NectarGANError(f"timeout={run.timeout_s:g} is not valid: use a positive number of seconds")
-    _check_fixed_settings(config)
+    if not remote:  # a cluster's nodes, not this login node, have the devices the settings name
+        _check_fixed_settings(config)
     existing = _load(open_storage(run.storage, heartbeat_s=run.heartbeat_s, grace_s=run.grace_s), run.name(config))
     if existing is not None:
         check_existing(run, config, existing)  # before anything is written

@@ -28,8 +28,8 @@ LOCAL_SLURM = '[executor]\nkind = "slurm"\ncluster = "local"\ntime_min = 5\n'
 STATIC = ("params", "macs", "flops_fwd", "flops_train", "activations", "conv_macs_fvcore")
 
 
-def _grid(tmp_path: Path, extra: str = "") -> str:
-    path = tmp_path / "g.toml"
+def _grid(tmp_path: Path, extra: str = "", name: str = "g") -> str:
+    path = tmp_path / f"{name}.toml"
     path.write_text(GRID + extra)
     return str(path)
 
@@ -69,6 +69,8 @@ def _rows(directory: Path) -> dict[str, dict]:
         ("", ["--executor", "slurm", "--sbatch", "constraint=h100"], "'constraint=h100' is not an sbatch option"),
         (LOCAL_SLURM, ["--shards", "9"], "shards=9 is more than the grid's 4 variant(s); use at most 4"),
         (LOCAL_SLURM, ["--device", "cuda:1", "--launcher", "inline"], "device 'cuda:1' names GPUs of this machine"),
+        (LOCAL_SLURM, ["--device", "cuda", "--gpus-per-task", "0"], "with gpus_per_task = 0: each task would find"),
+        ('[executor]\npartition = "gpu"\n', [], "partition is a slurm setting, but the executor is 'local'"),
         ('[executor]\nparition = "gpu"\n', [], "unknown key [executor].parition (did you mean 'partition'?)"),
         ('[executor]\nkind = "ray"\npartition = "gpu"\n', [],
          "partition is a slurm setting, but the executor is 'ray'"),
@@ -109,10 +111,11 @@ def test_cluster_studies_refuse_sqlite_before_anything_is_written(tmp_path, caps
 
 def test_slurm_job_array_of_two_shards_merges_to_the_local_rows(tmp_path, capsys):
     pytest.importorskip("submitit")
-    grid = _grid(tmp_path, LOCAL_SLURM)
-    assert main(["sweep", grid, "--static-only", "--executor", "local", "--out", str(tmp_path / "local"), "-q"]) == 0
+    grid = _grid(tmp_path, '[executor]\ncluster = "local"\ntime_min = 5\n')  # Slurm settings; the flag picks Slurm
+    assert main(["sweep", _grid(tmp_path, name="plain"), "--static-only", "--out", str(tmp_path / "local"), "-q"]) == 0
     cluster = tmp_path / "cluster"
-    code, err = _run(["sweep", grid, "--static-only", "--shards", "2", "--out", cluster, "-q"], capsys)
+    code, err = _run(["sweep", grid, "--static-only", "--executor", "slurm", "--shards", "2", "--out", cluster, "-q"],
+                     capsys)
     assert code == 0, err
     local, merged = _rows(tmp_path / "local"), _rows(cluster)
     assert merged.keys() == local.keys() and len(merged) == 4
@@ -128,10 +131,16 @@ def test_slurm_job_array_of_two_shards_merges_to_the_local_rows(tmp_path, capsys
     assert (cluster / "report.md").is_file() and (cluster / "results.csv").is_file()
 
     before = (cluster / "results.jsonl").read_bytes()
-    line = _one_error_line(*_run(["sweep", grid, "--static-only", "--out", cluster], capsys))
+    slurm = ["sweep", grid, "--executor", "slurm", "--out", cluster]
+    line = _one_error_line(*_run([*slurm, "--static-only"], capsys))
     assert "is not empty; resume that run (--resume)" in line
+    line = _one_error_line(*_run(["sweep", str(tmp_path / "plain.toml"), "--static-only", "--out", cluster, "--resume"],
+                                 capsys))
+    assert "is a sweep sent to Slurm (it holds executor.json): resume it with --executor slurm" in line
+    line = _one_error_line(*_run([*slurm, "--resume", "--launcher", "inline"], capsys))
+    assert "was started static only; resume it the same way" in line
     assert (cluster / "results.jsonl").read_bytes() == before  # nothing lost
-    code, err = _run(["sweep", grid, "--static-only", "--out", cluster, "--resume", "-q"], capsys)
+    code, err = _run([*slurm, "--static-only", "--resume", "-q"], capsys)
     assert code == 0 and "(0 submitted)" in err, err  # every shard complete: nothing sent again
     code, err = _run(["collect", cluster], capsys)
     assert code == 0 and "4 of 4 variants finished in 2 shards; rows: 4 ok" in err, err

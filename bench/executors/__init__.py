@@ -34,6 +34,7 @@ SLURM_KEYS = ("shards", "partition", "time_min", "mem_gb", "account", "array_par
 RAY_KEYS = ("address",)
 EXECUTOR_KEYS = (*COMMON_KEYS, *SLURM_KEYS, *RAY_KEYS)
 ENGINE_KEYS = {"slurm": SLURM_KEYS, "ray": RAY_KEYS}
+LOGS_DIR = "submitit"  # submitit's job logs, inside a sweep's run folder or a study's trial folder
 SUBMITIT_CLUSTERS = ("slurm", "local")  # local: the same jobs as processes here, to try the path out
 EXTRAS = {"slurm": ("submitit", "slurm"), "ray": ("ray", "ray")}  # kind -> (module, pip extra)
 DEFAULT_MAX_SHARDS = 16
@@ -128,7 +129,8 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         if not isinstance(lines, list | tuple) or not all(isinstance(x, str) for x in lines):
             raise ExecutorError(f"{where} must be a list of sbatch options, e.g. [\"--constraint=h100\"]")
         for line in lines:
-            if not line.removeprefix("#SBATCH").strip().startswith("--") or line.strip() in ("--", "#SBATCH --"):
+            option = line.removeprefix("#SBATCH").strip()
+            if not option.startswith("--") or option == "--" or " " in option.partition("=")[0]:
                 raise ExecutorError(f"{where}: {line!r} is not an sbatch option; write it as --name=value "
                                     "(e.g. --constraint=h100, --qos=high)")
         return tuple(lines)
@@ -137,12 +139,15 @@ def _check_value(key: str, value: Any, where: str) -> Any:
     return value
 
 
-def executor_config(table: dict[str, Any] | None = None, source: str = "<flags>", **flags: Any) -> ExecutorConfig:
+def executor_config(table: dict[str, Any] | None = None, source: str = "<flags>", table_only: bool = False,
+                    **flags: Any) -> ExecutorConfig:
     """Settings from a config file's ``[executor]`` table with explicit ``flags`` (None: not given) on top.
 
     Every value is checked; a setting that belongs to another engine than the chosen one is an error
-    naming both, e.g. ``address`` (Ray) with kind ``slurm``. Table settings of another engine are
-    dropped when a flag changes the kind (a grid made for Slurm still runs with ``--executor local``).
+    naming both, e.g. ``address`` (Ray) with kind ``slurm``. A table without ``kind`` may hold one
+    engine's settings for a flag to choose it (``--executor slurm``); the table settings of another
+    engine are dropped when a flag changes the table's kind (a grid made for Slurm still runs with
+    ``--executor local``). ``table_only``: check the table alone, as a config file is loaded.
     """
     table = dict(table or {})
     for key in table:
@@ -150,17 +155,22 @@ def executor_config(table: dict[str, Any] | None = None, source: str = "<flags>"
             raise ExecutorError(f"{source}: unknown key [executor].{key}{did_you_mean(key, EXECUTOR_KEYS)}; "
                                 f"valid keys: {', '.join(EXECUTOR_KEYS)}")
     values = {k: _check_value(k, v, f"{source}: [executor].{k}") for k, v in table.items()}
-    _check_engine(values, values.get("kind", "local"), lambda k: f"{source}: [executor].{k}")
+    table_kind = values.get("kind")
+    if table_kind is not None:
+        _check_engine(values, table_kind, lambda k: f"{source}: [executor].{k}")
+    if table_only:
+        return ExecutorConfig(**values) if table_kind is not None else ExecutorConfig()
     given = {k: v for k, v in flags.items() if v is not None and v != () and v != []}
     for key in given:
         if key not in EXECUTOR_KEYS:
             raise ExecutorError(f"unknown executor setting {key!r}; valid: {', '.join(EXECUTOR_KEYS)}")
     given = {k: _check_value(k, v, f"executor setting {k}") for k, v in given.items()}
-    kind = given.get("kind", values.get("kind", "local"))
+    kind = given.get("kind", table_kind or "local")
     _check_engine({k: v for k, v in given.items() if not (k == "detach" and v is False)}, kind,
                   lambda k: f"executor setting {k}")
-    if kind != values.get("kind", "local"):  # the flag changed the kind: the table's engine settings go
+    if table_kind is not None and kind != table_kind:  # the flag changed the kind: the table's engine settings go
         values = {k: v for k, v in values.items() if k in COMMON_KEYS}
+    _check_engine(values, kind, lambda k: f"{source}: [executor].{k}")
     return ExecutorConfig(**(values | given | {"kind": kind}))
 
 
@@ -194,8 +204,27 @@ def remote_device(device: str, kind: str) -> str:
         return "cpu"
     if device in ("cuda", "cuda:0"):
         return "cuda:0"
+    if device == "auto":
+        raise ExecutorError(f"device 'auto' is decided on each node; with executor {kind!r} name it: cuda (one "
+                            "GPU per task) or cpu")
     raise ExecutorError(f"device {device!r} names GPUs of this machine; with executor {kind!r} each task gets its "
                         "own GPUs: use device cuda (or cpu)")
+
+
+def check_gpus(config: ExecutorConfig, device: str) -> int:
+    """GPUs per task for ``device`` ("cpu" or "cuda"); a CUDA run with none is refused up front."""
+    gpus = config.gpus(device)
+    if device.startswith("cuda") and gpus == 0:
+        raise ExecutorError(f"device {device!r} with gpus_per_task = 0: each task would find no GPU; use "
+                            "gpus_per_task >= 1, or device cpu")
+    return gpus
+
+
+def last_line(error: BaseException | str) -> str:
+    """The last meaningful line of an error whose text carries a remote traceback (submitit, Ray)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    fallback = type(error).__name__ if isinstance(error, BaseException) else ""
+    return (lines[-1] if lines else fallback)[:300]
 
 
 def here() -> dict[str, str | None]:

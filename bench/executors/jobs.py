@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import ENV_FILE, write_json_atomic
-from bench.executors import ExecutorConfig, here
+from bench.executors import DEFAULT_MAX_SHARDS, ExecutorConfig, here
 from bench.grid import Grid
 from bench.measure import MeasureOptions, plan_for
 from bench.store import JsonlStore
-from bench.sweep import SweepPlan, run_sweep, select_variants
+from bench.sweep import CLUSTER_STATE, SweepPlan, run_sweep, select_variants
 from nectargan.errors import NectarGANError
 
-STATE_FILE = "executor.json"
+STATE_FILE = CLUSTER_STATE
 SHARDS_DIR = "shards"
 
 
@@ -36,10 +36,16 @@ def shard_folder(directory: Path, index: int, count: int) -> Path:
 
 
 def enter(cwd: str | None) -> None:
-    """Work where the command was typed, when the node has that folder (a shared file system): the
-    run's relative paths (data, trial folders) then mean the same on every node."""
-    if cwd and os.path.isdir(cwd):
-        os.chdir(cwd)
+    """Work where the command was typed: the run's relative paths (data, trial folders) then mean the
+    same on every node. A node without that folder has no shared file system with the driver."""
+    if cwd is None:
+        return
+    if not os.path.isdir(cwd):
+        import socket
+
+        raise NectarGANError(f"node {socket.gethostname()} does not see {cwd}, the folder the command ran in: the "
+                             "nodes need a file system shared with it (the run folder, data and configs)")
+    os.chdir(cwd)
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,6 @@ def shard_count(grid: Grid, config: ExecutorConfig) -> int:
     """The shards of a sweep: the setting, else one per variant up to 16; more than variants is an error."""
     variants = len(select_variants(grid, None))
     if config.shards is None:
-        from bench.executors import DEFAULT_MAX_SHARDS
-
         return min(variants, DEFAULT_MAX_SHARDS)
     if config.shards > variants:
         raise NectarGANError(f"executor setting shards={config.shards} is more than the grid's {variants} "
@@ -109,7 +113,8 @@ def read_state(directory: Path) -> dict[str, Any]:
     path = directory / STATE_FILE
     if not path.is_file():
         raise NectarGANError(f"{directory} holds no {STATE_FILE}: it is not a sweep sent to Slurm (a local or "
-                             "Ray run folder is complete as it is; nectargan-bench report DIR rewrites its reports)")
+                             "Ray run folder holds its rows itself: resume it with --resume, or rewrite its reports "
+                             "with nectargan-bench report DIR)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

@@ -26,7 +26,7 @@ import ray
 import ray.exceptions
 
 from bench.env import ENV_FILE, collect_env, read_env, write_json_atomic
-from bench.executors import ExecutorConfig, ExecutorError, Outcome, here, remote_device
+from bench.executors import ExecutorConfig, ExecutorError, Outcome, check_gpus, here, last_line, remote_device
 from bench.measure import MeasureOptions, plan_for
 from bench.store import JsonlStore, MemoryStore, Row
 from bench.sweep import SweepPlan, static_key
@@ -48,8 +48,10 @@ def connect(config: ExecutorConfig) -> None:
             ray.init(address=config.address, include_dashboard=False, log_to_driver=False, **extra)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             message = " ".join(str(exc).split())[:300]
-            raise ExecutorError(f"cannot connect to Ray at address {config.address!r}: {message} (start a cluster "
-                                "with 'ray start --head', then use --address auto)") from None
+            where = (f"cannot connect to Ray at address {config.address!r}" if config.address or
+                     os.environ.get("RAY_ADDRESS") else "a local Ray instance could not start")
+            raise ExecutorError(f"{where}: {message} (start a cluster with 'ray start --head', then use --address "
+                                "auto)") from None
 
 
 def check_available(config: ExecutorConfig, gpus: int) -> None:
@@ -125,7 +127,7 @@ class RayPlan:
         self.options = options
         self.config = config
         self.device = remote_device(options.device if options else "cpu", "ray")
-        self.gpus = config.gpus(self.device)
+        self.gpus = check_gpus(config, self.device)
         self.keys_plan = plan_for(options, [self.device])
         self.factory = factory or functools.partial(plan_for, options)
         self.start_env: dict[str, Any] = {}
@@ -144,7 +146,14 @@ class RayPlan:
         """The plan's start on a worker (once per run, reused on resume), recorded in env.json."""
         env = read_env(directory) or {}
         if self.options is not None and not env.get("matmul_ceiling_tflops"):
-            env |= ray.get(_plan_start.options(**self._options()).remote(self.factory))
+            try:
+                started = ray.get(_plan_start.options(**self._options()).remote(self.factory))
+            except ray.exceptions.RayError as exc:
+                raise ExecutorError(f"the first Ray task (the matmul ceiling) failed: {_cause(exc)}") from None
+            # the report's hardware is where the rows were measured, not this driver
+            worker = started.get("worker", {})
+            env |= started | {"driver_host": env.get("host")} | {
+                k: worker[k] for k in ("host", "cpu", "cpu_count", "gpu", "gpu_count", "cuda", "driver") if k in worker}
         env["executor"] = self.config.describe()
         write_json_atomic(directory / ENV_FILE, env)
         self.start_env = {k: env[k] for k in ("matmul_ceiling_tflops",) if k in env}
@@ -160,8 +169,10 @@ class RayPlan:
         except ray.exceptions.OutOfMemoryError as exc:
             return self.failed_rows(spec, self.device, done, "oom", f"Ray's memory monitor stopped the task: "
                                     f"{_first_line(exc)}")
-        except ray.exceptions.RayError as exc:
-            return self.failed_rows(spec, self.device, done, "error", f"Ray task failed after "
+        except ray.exceptions.RayTaskError as exc:  # the task itself raised: not retried
+            return self.failed_rows(spec, self.device, done, "error", f"Ray task failed: {_cause(exc)}")
+        except ray.exceptions.RayError as exc:  # its worker or node was lost, on every attempt
+            return self.failed_rows(spec, self.device, done, "error", f"Ray task lost after "
                                     f"{self.config.max_retries} retries: {type(exc).__name__}: {_first_line(exc)}")
         return [row | {"node": where["node"], "visible_gpus": where["visible_gpus"]} for row in rows]
 
@@ -180,8 +191,7 @@ def _first_line(exc: BaseException) -> str:
 def _cause(exc: BaseException) -> str:
     """The task's own error, not Ray's wrapper (its last line names the exception)."""
     if isinstance(exc, ray.exceptions.RayTaskError):
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        return (lines[-1] if lines else type(exc).__name__)[:300]
+        return last_line(exc)
     return f"{type(exc).__name__}: {_first_line(exc)}"
 
 

@@ -14,6 +14,7 @@ executor): the way to try a cluster run, and the way the tests run this module w
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -25,8 +26,9 @@ from typing import Any
 
 import submitit
 
-from bench.executors import ExecutorConfig, ExecutorError, Outcome, remote_device
+from bench.executors import LOGS_DIR, ExecutorConfig, ExecutorError, Outcome, check_gpus, last_line, remote_device
 from bench.executors.jobs import (
+    STATE_FILE,
     ShardState,
     SweepShard,
     merge_shards,
@@ -38,10 +40,8 @@ from bench.executors.jobs import (
 from bench.grid import Grid
 from bench.measure import MeasureOptions, plan_for
 from bench.store import JsonlStore
-from bench.sweep import RunLock
+from bench.sweep import LOCK_FILE, RunLock
 from nectargan.errors import NectarGANError
-
-LOGS_DIR = "submitit"
 
 
 class _Requeueable(submitit.helpers.Checkpointable):
@@ -79,12 +79,6 @@ def make_executor(config: ExecutorConfig, folder: Path, name: str, gpus: int) ->
     return executor
 
 
-def _reason(exc: BaseException) -> str:
-    """The last meaningful line of a job's error (submitit's message carries the remote traceback)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:300]
-
-
 def _local_results(job: submitit.Job, config: ExecutorConfig) -> submitit.Job:
     """A local job's result file is there at once: do not wait submitit's 15 s for a shared file system
     before calling a killed job failed."""
@@ -98,20 +92,20 @@ def poll_s(config: ExecutorConfig) -> float:
 
 
 def run_calls(calls: list[Callable[[], Any]], config: ExecutorConfig, folder: Path, name: str, gpus: int,
-              on_submit: Callable[[int, str], None] | None = None,
-              on_poll: Callable[[], None] | None = None) -> list[Outcome] | None:
+              on_submit: Callable[[int, str], None] | None = None, on_poll: Callable[[], None] | None = None,
+              cancel_on_interrupt: bool = False) -> list[Outcome] | None:
     """Submit ``calls`` as one job array and wait for them, resubmitting failures (see the module
-    docstring). Returns one :class:`Outcome` per call, or None when ``config.detach``."""
+    docstring); a job cancelled with ``scancel`` is not resubmitted. Returns one :class:`Outcome` per
+    call, or None when ``config.detach``. Ctrl-C leaves the jobs running unless ``cancel_on_interrupt``."""
     executor = make_executor(config, folder, name, gpus)
     wrapped = [_Requeueable(call) for call in calls]
     try:
         jobs = executor.submit_array(wrapped)
     except Exception as exc:  # sbatch refused (bad partition, account...): one line, before any waiting
-        raise ExecutorError(f"Slurm refused the jobs: {_reason(exc)}") from None
+        raise ExecutorError(f"Slurm refused the jobs: {last_line(exc)}") from None
     outcomes = [Outcome(i) for i in range(len(calls))]
-    for job in jobs:
-        _local_results(job, config)
     for i, job in enumerate(jobs):
+        _local_results(job, config)
         outcomes[i].job_ids.append(str(job.job_id))
         if on_submit:
             on_submit(i, str(job.job_id))
@@ -119,29 +113,54 @@ def run_calls(calls: list[Callable[[], Any]], config: ExecutorConfig, folder: Pa
         return None
     attempts = [1] * len(calls)
     pending = set(range(len(calls)))
-    while pending:
-        for i in sorted(pending):
-            job = jobs[i]
-            if not job.done():
-                continue
-            error = job.exception()
-            if error is None:
-                outcomes[i].result = job.result()
-                pending.discard(i)
-            elif attempts[i] <= config.max_retries:
-                jobs[i] = _local_results(executor.submit(wrapped[i]), config)
-                attempts[i] += 1
-                outcomes[i].job_ids.append(str(jobs[i].job_id))
-                if on_submit:
-                    on_submit(i, str(jobs[i].job_id))
-            else:
-                outcomes[i].reason = f"job {job.job_id} failed after {attempts[i]} attempt(s): {_reason(error)}"
-                pending.discard(i)
-        if on_poll:
-            on_poll()
-        if pending:
-            time.sleep(poll_s(config))
+    try:
+        while pending:
+            for i in sorted(pending):
+                job = jobs[i]
+                if not job.done():
+                    continue
+                error = job.exception()
+                if error is None:
+                    outcomes[i].result = job.result()
+                    pending.discard(i)
+                elif attempts[i] <= config.max_retries and "CANCELLED" not in str(job.state):
+                    jobs[i] = _local_results(executor.submit(wrapped[i]), config)
+                    attempts[i] += 1
+                    outcomes[i].job_ids.append(str(jobs[i].job_id))
+                    if on_submit:
+                        on_submit(i, str(jobs[i].job_id))
+                else:
+                    outcomes[i].reason = (f"job {job.job_id} ({job.state}) failed after {attempts[i]} attempt(s): "
+                                          f"{last_line(error)}")
+                    pending.discard(i)
+            if on_poll:
+                on_poll()
+            if pending:
+                time.sleep(poll_s(config))
+    except KeyboardInterrupt:
+        if cancel_on_interrupt:
+            for i in pending:
+                with contextlib.suppress(Exception):
+                    jobs[i].cancel(check=False)
+        raise
     return outcomes
+
+
+LIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
+
+
+def _job(cluster: str, logs: Path, job_id: str) -> submitit.Job:
+    job_class = submitit.LocalJob if cluster == "local" else submitit.SlurmJob
+    return job_class(folder=logs, job_id=job_id)
+
+
+def _live(cluster: str, logs: Path, job_id: str) -> str | None:
+    """The state of a job that has not ended (it may still write its shard), else None."""
+    try:
+        state = str(_job(cluster, logs, job_id).state)
+    except Exception:  # sacct unreachable: treat as ended; a duplicate would stop at the shard's lock
+        return None
+    return state if any(state.startswith(s) for s in LIVE_STATES) else None
 
 
 @dataclass
@@ -179,35 +198,43 @@ def sweep(grid: Grid, directory: Path, options: MeasureOptions | None, config: E
           on_progress: Callable[[int], None] | None = None) -> ClusterSweep:
     """Run ``grid`` as a job array of shards into ``directory`` (see :mod:`bench.executors.jobs`).
 
-    ``resume`` submits again only the shards that are not complete (each resumes its folder).
+    ``resume`` submits again only the shards that are not complete and whose last job has ended (a
+    shard whose job is still pending or running is left to it); its measure options must be the run's.
     ``on_start(total, finished)`` and ``on_progress(finished)`` count variants.
     """
     check_available(config)
     keys_plan = _keys_plan(options)  # checks the device before anything is written
+    gpus = check_gpus(config, options.device if options else "cpu")
+    fresh = not resume
     if resume:
         if not directory.is_dir():
             raise NectarGANError(f"nothing to resume in {directory}: it does not exist; start a new run there instead "
                                  "(without resume)")
-        state, stored_grid, _ = _load_state(directory)
+        state, stored_grid, stored_options = _load_state(directory)
         if stored_grid.sha256 != grid.sha256:
             raise NectarGANError(f"{directory} was started with grid {stored_grid.source} (sha256 "
                                  f"{stored_grid.sha256[:12]}), not {grid.source}; resume with the same grid file")
+        _same_options(directory, stored_options, options)
         count = int(state["shards"])
     else:
-        if directory.exists() and any(directory.iterdir()):
+        if directory.exists() and any(p.name != LOCK_FILE for p in directory.iterdir()):
             raise NectarGANError(f"{directory} is not empty; resume that run (--resume) or choose another output "
                                  "folder")
         count = shard_count(grid, config)
         state = _state(grid, options, config, count, command)
     with RunLock(directory):
         states = shard_states(grid, directory, count, keys_plan)
-        todo = [s for s in states if not s.complete]
-        total = sum(s.variants for s in states)
+        cluster = state.get("executor", {}).get("cluster", config.cluster)
+        running = {s.index: live for s in states if not s.complete and (ids := state["jobs"].get(str(s.index)))
+                   and (live := _live(cluster, directory / LOGS_DIR, ids[-1]))}
+        todo = [s for s in states if not s.complete and s.index not in running]
         if on_start:
-            on_start(total, sum(s.finished for s in states))
+            on_start(sum(s.variants for s in states), sum(s.finished for s in states))
         state["executor"] = config.describe()
         write_state(directory, state)
         outcome = ClusterSweep(directory, states, submitted=len(todo), detached=config.detach)
+        outcome.failures = [f"shard {k}/{count}: job {state['jobs'][str(k)][-1]} is still {live}; not submitted "
+                            "again (collect when it ends)" for k, live in running.items()]
         if todo:
             calls = [SweepShard(grid, str(s.folder.resolve()), s.index, count, options, command, os.getcwd())
                      for s in todo]
@@ -220,26 +247,47 @@ def sweep(grid: Grid, directory: Path, options: MeasureOptions | None, config: E
                 if on_progress:
                     on_progress(sum(s.finished for s in shard_states(grid, directory, count, keys_plan)))
 
-            results = run_calls(calls, config, directory / LOGS_DIR, f"nectargan-{grid.name}",
-                                config.gpus(options.device if options else "cpu"), on_submit, on_poll)
+            try:
+                results = run_calls(calls, config, directory / LOGS_DIR, f"nectargan-{grid.name}", gpus, on_submit,
+                                    on_poll)
+            except ExecutorError:
+                if fresh and not state["jobs"]:  # nothing was submitted: the corrected command may start afresh
+                    (directory / STATE_FILE).unlink(missing_ok=True)
+                    shutil.rmtree(directory / LOGS_DIR, ignore_errors=True)
+                raise
             if results is None:
                 return outcome
-            outcome.failures = [f"shard {todo[r.index].index}/{count}: {r.reason}" for r in results if not r.ok]
+            outcome.failures += [f"shard {todo[r.index].index}/{count}: {r.reason}" for r in results if not r.ok]
         outcome.shards = shard_states(grid, directory, count, keys_plan)
         outcome.written = merge_shards(directory, outcome.shards, {"executor": config.describe(),
                                                                    "jobs": state["jobs"]})
     return outcome
 
 
+def _same_options(directory: Path, stored: MeasureOptions | None, given: MeasureOptions | None) -> None:
+    """A resumed run measures what it started measuring (its shard folders and row keys depend on it)."""
+    if (stored is None) != (given is None):
+        started = "static only" if stored is None else "measured"
+        raise NectarGANError(f"{directory} was started {started}; resume it the same way (with or without "
+                             "--static-only as then)")
+    if stored is None or given is None:
+        return
+    old, new = asdict(stored), asdict(given)
+    changed = [k for k in old if old[k] != new.get(k)]
+    if changed:
+        key = changed[0]
+        raise NectarGANError(f"{directory} was started with measure option {key}={old[key]!r}, not {new[key]!r}; "
+                             "resume with the same options (see its executor.json)")
+
+
 def job_states(directory: Path, state: dict[str, Any]) -> dict[str, str]:
     """Shard index -> the state of its last job, as submitit reads it (sacct on Slurm)."""
     logs = directory / state.get("logs", LOGS_DIR)
     cluster = state.get("executor", {}).get("cluster", "slurm")
-    job_class = submitit.LocalJob if cluster == "local" else submitit.SlurmJob
     out = {}
     for shard, ids in state.get("jobs", {}).items():
         try:
-            out[shard] = f"job {ids[-1]} {job_class(folder=logs, job_id=ids[-1]).state}"
+            out[shard] = f"job {ids[-1]} {_job(cluster, logs, ids[-1]).state}"
         except Exception as exc:  # sacct missing or the job forgotten: say so, do not fail the collection
             out[shard] = f"job {ids[-1]} state unknown ({type(exc).__name__})"
     return out
