@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.executors import executor_config
+from bench.executors import ExecutorError, executor_config
 from bench.records import LAYOUTS, MODES, TASKS
 from bench.tomlfile import check_keys, number, parse_toml, read_toml, unknown_key
 from bench.variant import VariantSpec
@@ -148,7 +148,10 @@ def _grid_from(data: dict[str, Any], name: str, source: str, sha256: str) -> Gri
     executor = data.get("executor", {})
     if not isinstance(executor, dict):
         raise GridError(f"{where}: 'executor' must be a table ([executor])")
-    executor_config(executor, where, table_only=True)  # checked now, applied by the command with its flags on top
+    try:  # checked now, applied by the command with its flags on top
+        executor_config(executor, where, table_only=True)
+    except ExecutorError as exc:
+        raise GridError(str(exc)) from None
     return Grid(name=name, axes=axes, exclude=exclude, include=include, measure=measure, executor=executor,
                 description=description, source=source, sha256=sha256)
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.executors import EXECUTOR_KEYS, executor_config
+from bench.executors import EXECUTOR_KEYS, ExecutorError, executor_config
 from bench.tomlfile import check_keys, number, parse_toml, read_toml, section
 from nectargan.errors import NectarGANError, did_you_mean
 
@@ -152,7 +152,13 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
     fixed = _table(data, "fixed", FIXED_PARAMS, where)
     constraints_t = _table(data, "constraints", CONSTRAINTS, where)
     executor_t = _table(data, "executor", EXECUTOR_KEYS, where)
-    executor_config(executor_t, where, table_only=True)  # checked now, applied by the command with its flags on top
+    try:  # checked now, applied by the command with its flags on top
+        executor_config(executor_t, where, table_only=True)
+    except ExecutorError as exc:
+        raise StudyConfigError(str(exc)) from None
+    if "shards" in executor_t:
+        raise StudyConfigError(f"{where}: [executor].shards splits a sweep's grid; a study runs as many jobs as "
+                               "its workers (--workers)")
 
     objectives = study.get("objectives", ["val_l1"])
     if isinstance(objectives, str):

@@ -414,6 +414,9 @@ def test_dashboard_serves_the_study(tmp_path):
         ("[space]\nblock_type = { low = 1, high = 2 }\n", r"is a name, not a number"),
         ("[space]\nfeatures = ['8']\n", r"\[space\]\.features has '8' \(str\); it must be an integer"),
         ("[study]\nobjectives = ['val_l2']\n", r"unknown objective 'val_l2' \(did you mean 'val_l1'\?\)"),
+        ("[executor]\nkind = 'slurm'\nshards = 4\n", r"\[executor\]\.shards splits a sweep's grid; a study runs as"),
+        ("[executor]\nkind = 'ray'\npartition = 'gpu'\n", r"\[executor\]\.partition is a slurm setting, but the "
+         r"executor is 'ray'"),
         ("[study]\nobjectives = ['val_l1', 'params']\npruner = 'median'\n", r"cannot prune a multi-objective"),
         ("[study]\nsampler = 'tpee'\n", r"did you mean 'tpe'"),
         ("[studdy]\nname = 'x'\n", r"unknown top-level key 'studdy' \(did you mean 'study'\?\)"),
