@@ -34,8 +34,10 @@ PROGRESS_PREFIX = "NECTARGAN-PROGRESS "
 class Progress:
     """Remembers the last phase (for a failure's envelope) and, in a child, reports it to the parent."""
 
-    def __init__(self, emit: Callable[[str], None] | None = None) -> None:
+    def __init__(self, emit: Callable[[str], None] | None = None,
+                 on_measured: Callable[[list[RawMeasurement]], None] | None = None) -> None:
         self.emit = emit
+        self.on_measured = on_measured
         self.last = ProgressNote("start")
         self.measured: list[RawMeasurement] = []
 
@@ -47,6 +49,8 @@ class Progress:
             self.last = note
         if self.emit is not None:
             self.emit(PROGRESS_PREFIX + note.to_json())
+        if note.measurements and self.on_measured is not None:
+            self.on_measured(note.measurements)
 
 
 def run_job(job: Job, progress: Progress | None = None) -> Envelope:

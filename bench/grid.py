@@ -54,8 +54,9 @@ TOP_LEVEL_KEYS = ["grid", "measure", "executor", "description"]
 # Options of measured sweeps: names take a value or a list from their choices; numbers one value.
 MEASURE_CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "mode": MODES, "precision": PRECISIONS,
                                                "layout": LAYOUTS}
+# Every key of [measure]: the fields of bench.measure.MeasureOptions (a test holds the two lists together).
 MEASURE_KEYS = [*MEASURE_CHOICES, "device", "threads", "timeout_s", "block_timeout_s", "cpu_mkldnn", "d_layers",
-                "d_features"]
+                "d_features", "blocks", "min_block_s", "launcher", "warm_compile", "inductor_cache", "max_batch"]
 
 
 class GridError(NectarGANError, ValueError):
@@ -178,6 +179,8 @@ def check_measure_value(key: str, value: Any, where: str) -> None:
         number(where, value, GridError, above=0)
     elif key in ("cpu_mkldnn", "warm_compile") and not isinstance(value, bool):
         raise GridError(f"{where} = {value!r} must be true or false")
+    elif key in ("launcher", "inductor_cache") and (not isinstance(value, str) or not value):
+        raise GridError(f"{where} = {value!r} must be a non-empty string")
 
 
 def _check_type(where: str, axis: str, value: Any) -> None:

@@ -25,17 +25,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from bench.child import ENVELOPE_PREFIX, PROGRESS_PREFIX, Progress, describe_exception, run_job
-from bench.records import Envelope, Job, ProgressNote, job_to_json
+from bench.records import Envelope, Job, ProgressNote, RawMeasurement, job_to_json
 from nectargan.errors import NectarGANError
 
 # The measuring child's command line (tests point it at a wrapper that injects faults).
 CHILD_COMMAND = [sys.executable, "-m", "bench.child"]
 # Phases that only repeat calls already made once: a hang there is detected by the short limit.
+OnMeasured = Callable[[list[RawMeasurement]], None]
 SHORT_PHASES = frozenset({"warmup", "calibrate", "block", "memory"})
 STDERR_LINES = 20
 
@@ -59,12 +60,14 @@ class Launcher(Protocol):
         """(the device name the job uses, the environment that selects it) for a device of this host."""
         ...
 
-    def launch(self, job: Job, env: dict[str, str], limits: PhaseLimits, fresh: bool = False) -> Envelope:
-        """Run ``job``; ``fresh`` asks for a process that has run nothing before (a warm compile)."""
+    def launch(self, job: Job, env: dict[str, str], limits: PhaseLimits, fresh: bool = False,
+               on_measured: OnMeasured | None = None) -> Envelope:
+        """Run ``job``; ``fresh`` asks for a process that has run nothing before (a warm compile).
+        ``on_measured`` hears each group's measurements as soon as the child reports them."""
         ...
 
     def close(self) -> None:
-        """Stop whatever the launcher keeps running between jobs."""
+        """Stop whatever the launcher keeps running, at once: a job still running is killed."""
         ...
 
 
@@ -119,7 +122,7 @@ class _Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def run(self, job: Job, limits: PhaseLimits) -> Envelope:
+    def run(self, job: Job, limits: PhaseLimits, on_measured: OnMeasured | None = None) -> Envelope:
         note = ProgressNote("start")
         measured = []
         try:
@@ -143,6 +146,8 @@ class _Child:
             if line.startswith(PROGRESS_PREFIX):
                 update = ProgressNote.from_json(line[len(PROGRESS_PREFIX):])
                 measured += update.measurements
+                if update.measurements and on_measured is not None:
+                    on_measured(update.measurements)
                 if update.phase != "done":
                     note = update
                 deadline = _deadline(limits.limit(note.phase))
@@ -191,10 +196,15 @@ def _failed(status: str, error: str, note: ProgressNote, measured: list) -> Enve
 
 
 class SubprocessLauncher:
-    """Jobs in ``bench.child`` processes, one kept per environment while it stays healthy."""
+    """Jobs in ``bench.child`` processes, one kept per environment while it stays healthy.
+
+    Whatever ends the caller (Ctrl-C, SIGTERM turned into an exception, an error) kills the child that
+    is running a job, with its process group, before it propagates: no child outlives its sweep.
+    """
 
     def __init__(self) -> None:
         self._children: dict[tuple, _Child] = {}
+        self._busy: set[_Child] = set()
         self._lock = threading.Lock()
 
     def place(self, device: str) -> tuple[str, dict[str, str]]:
@@ -203,30 +213,39 @@ class SubprocessLauncher:
             return "cuda:0", {"CUDA_VISIBLE_DEVICES": _physical_gpu(index)}
         return device, {}
 
-    def launch(self, job: Job, env: dict[str, str], limits: PhaseLimits, fresh: bool = False) -> Envelope:
+    def launch(self, job: Job, env: dict[str, str], limits: PhaseLimits, fresh: bool = False,
+               on_measured: OnMeasured | None = None) -> Envelope:
         key = tuple(sorted(env.items()))
-        if fresh:
-            child = _Child(env)
-            try:
-                return child.run(job, limits)
-            finally:
-                child.kill()
-        with self._lock:
-            child = self._children.pop(key, None)
+        child = None
+        if not fresh:
+            with self._lock:
+                child = self._children.pop(key, None)
         if child is None or not child.alive():
             child = _Child(env)
-        envelope = child.run(job, limits)
-        if envelope.status == "ok" and child.alive():
+        with self._lock:
+            self._busy.add(child)
+        try:
+            envelope = child.run(job, limits, on_measured)
+        except BaseException:
+            child.kill()
+            raise
+        finally:
+            with self._lock:
+                self._busy.discard(child)
+        if envelope.status == "ok" and child.alive() and not fresh:
             with self._lock:
                 self._children[key] = child
         else:
-            child.kill()  # never measure again in a process that failed
+            child.kill()  # never measure again in a process that failed (or one kept clean for a warm compile)
         return envelope
 
     def close(self) -> None:
         with self._lock:
-            children, self._children = list(self._children.values()), {}
-        for child in children:
+            idle, self._children = list(self._children.values()), {}
+            busy, self._busy = list(self._busy), set()
+        for child in busy:
+            child.kill()
+        for child in idle:
             child.close()
 
 
@@ -253,7 +272,8 @@ class InlineLauncher:
     def place(self, device: str) -> tuple[str, dict[str, str]]:
         return device, {}
 
-    def launch(self, job: Job, env: dict[str, str], limits: PhaseLimits, fresh: bool = False) -> Envelope:
+    def launch(self, job: Job, env: dict[str, str], limits: PhaseLimits, fresh: bool = False,
+               on_measured: OnMeasured | None = None) -> Envelope:
         if "CUDA_VISIBLE_DEVICES" in env:
             raise NectarGANError("launcher 'inline' cannot select a GPU through CUDA_VISIBLE_DEVICES once CUDA is "
                                  "initialised; give the device by index or use launcher 'subprocess'")
@@ -262,7 +282,7 @@ class InlineLauncher:
         with _INLINE_LOCK, _applied(env):
             threads = torch.get_num_threads()
             try:
-                return run_job(job, Progress())
+                return run_job(job, Progress(on_measured=on_measured))
             except Exception as exc:
                 return describe_exception(exc)
             finally:

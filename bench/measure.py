@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.env import ENV_FILE, read_env, write_json_atomic
 from bench.grid import Grid, check_measure_value
-from bench.launcher import LAUNCHERS, Launcher, PhaseLimits
+from bench.launcher import LAUNCHERS, Launcher, OnMeasured, PhaseLimits
 from bench.records import (
     BASELINE_MODE,
     BASELINE_TASKS,
@@ -33,7 +34,7 @@ from bench.records import (
     measured_figures,
 )
 from bench.store import JsonlStore, Row
-from bench.sweep import STATIC_KIND, StaticPlan, SweepPlan, base_row, static_key, static_row
+from bench.sweep import STATIC_KIND, EmitRows, StaticPlan, SweepPlan, base_row, static_key, static_row
 from bench.variant import VariantSpec
 from nectargan.errors import NectarGANError
 from nectargan.runtime import precision_reason, resolve_devices
@@ -221,8 +222,12 @@ class MeasuredPlan:
         write_json_atomic(directory / ENV_FILE, env)
 
     def _env(self, device: str) -> tuple[str, dict[str, str]]:
+        """The measuring child's device and environment. Its Inductor cache is, first found: the
+        ``inductor_cache`` option, ``TORCHINDUCTOR_CACHE_DIR`` of this process (one cache for every run
+        of a host, as the GPU check sets it), else the run folder's own ``DIR/inductor-cache``."""
         job_device, env = self.launcher.place(device)
-        cache = Path(self.options.inductor_cache or self.directory / INDUCTOR_CACHE)
+        cache = Path(self.options.inductor_cache or os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+                     or self.directory / INDUCTOR_CACHE)
         return job_device, env | {"TORCHINDUCTOR_CACHE_DIR": str(cache.resolve())}
 
     def _measure_ceilings(self) -> dict[str, dict[str, float]]:
@@ -235,11 +240,14 @@ class MeasuredPlan:
         envelope = self.launcher.launch(CeilingJob(job_device, runnable, self.options.threads), env, self.limits)
         return {device: envelope.ceilings} if envelope.status == "ok" else {}
 
-    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore) -> list[Row]:
+    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore,
+             emit: EmitRows | None = None) -> list[Row]:
         static = static_row(spec) if static_key(spec) not in done else None
         rows = [static] if static else []
+        if static and emit is not None:
+            emit([static])
         if spec.invalid_reason() is None:
-            rows += self.measure_variant(spec, device, _static_flops(spec, static, store))
+            rows += self.measure_variant(spec, device, _static_flops(spec, static, store), done, emit)
         return rows
 
     def _flops_per_image(self, spec: VariantSpec, cfg: MeasureConfig, flops: dict[str, int]) -> int:
@@ -254,11 +262,12 @@ class MeasuredPlan:
         return flops["flops_train" if cfg.task == "train" else "flops_fwd"]
 
     def _measure_isolated(self, spec: VariantSpec, configs: list[MeasureConfig], job_device: str,
-                          env: dict[str, str]) -> tuple[dict[MeasureConfig, RawMeasurement], dict[MeasureConfig, Row],
-                                                        int | None]:
+                          env: dict[str, str], on_measured: OnMeasured | None = None,
+                          ) -> tuple[dict[MeasureConfig, RawMeasurement], dict[MeasureConfig, Row], int | None]:
         """Measure ``configs``; a configuration that fails costs only itself: the rest are measured again
         (the launcher gives a fresh child after any failure). Each pass ends with every configuration
-        measured or one more failed, so there are at most ``len(configs)`` passes.
+        measured or one more failed, so there are at most ``len(configs)`` passes. ``on_measured`` hears
+        each group's measurements as the child reports them.
 
         Returns the raw measurements, a status and reason per failed configuration, and the threads used.
         """
@@ -269,7 +278,7 @@ class MeasuredPlan:
         while pending:
             job = MeasureJob(job_device, spec.to_dict(), pending, options.blocks, options.min_block_s,
                              options.threads, options.max_batch, options.cpu_mkldnn)
-            envelope = self.launcher.launch(job, env, self.limits)
+            envelope = self.launcher.launch(job, env, self.limits, on_measured=on_measured)
             threads = envelope.threads or threads
             raws |= {raw.config: raw for raw in envelope.measurements if raw.config in pending}
             pending = [c for c in pending if c not in raws]
@@ -283,43 +292,65 @@ class MeasuredPlan:
             pending = [c for c in pending if c not in culprits]
         return raws, failures, threads
 
-    def measure_variant(self, spec: VariantSpec, device: str, flops: dict[str, int]) -> list[Row]:
-        """All measured rows of one variant on one device (configs that cannot run become invalid rows)."""
+    def _ok_row(self, spec: VariantSpec, raw: RawMeasurement, device: str, flops: dict[str, int],
+                threads: int | None, warm: RawMeasurement | None = None) -> Row:
+        cfg = raw.config
+        per_image = self._flops_per_image(spec, cfg, flops)
+        extra = {"cpu_mkldnn": self.options.cpu_mkldnn} if device == "cpu" else {}
+        return measured_row(spec, cfg, device, self.options.threads) | extra | {
+            "status": "ok", "reason": "", "flops_per_img": per_image,
+            **measured_figures(raw, per_image, self.ceilings.get(device, {}).get(cfg.precision)),
+            "compile_warm_s": warm.first_call_s if warm else None,
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "threads": raw.threads or threads,
+        }
+
+    def measure_variant(self, spec: VariantSpec, device: str, flops: dict[str, int],
+                        done: set[str] | frozenset[str] = frozenset(), emit: EmitRows | None = None) -> list[Row]:
+        """The measured rows of one variant on one device that are not ``done`` (configs that cannot run
+        become invalid rows).
+
+        With ``emit``, each group's rows go out as soon as the child reports the group, so a sweep killed
+        later keeps them. Rows that still wait for a figure are held: compiled rows when a warm-compile
+        child follows, and every row when the largest batch is probed after all groups.
+        """
         options = self.options
         rows: list[Row] = []
         runnable = []
         for cfg in measure_configs(spec, options):
+            if measure_key(spec, cfg, device) in done:
+                continue
             reason = config_reason(spec, cfg, device)
             if reason:
                 rows.append(measured_row(spec, cfg, device, options.threads) | {"status": "invalid", "reason": reason})
             else:
                 runnable.append(cfg)
+        if rows and emit is not None:
+            emit(list(rows))
         if not runnable:
             return rows
+
+        def stream(measured: list[RawMeasurement]) -> None:
+            if emit is None or options.max_batch:
+                return
+            ready = [r for r in measured if r.config in runnable and not (r.config.compiled and options.warm_compile)]
+            if ready:
+                emit([self._ok_row(spec, r, device, flops, None) for r in ready])
+
         job_device, env = self._env(device)
-        raws, failures, threads = self._measure_isolated(spec, runnable, job_device, env)
+        raws, failures, threads = self._measure_isolated(spec, runnable, job_device, env, stream)
         warm: Envelope | None = None
         compiled = [c for c in raws if c.compiled]
         if options.warm_compile and compiled:
             warm = self.launcher.launch(CompileJob(job_device, spec.to_dict(), compiled, options.threads,
                                                    options.cpu_mkldnn), env, self.limits, fresh=True)
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        ceilings = self.ceilings.get(device, {})
-        extra = {"cpu_mkldnn": options.cpu_mkldnn} if device == "cpu" else {}
         for cfg in runnable:
-            row = measured_row(spec, cfg, device, options.threads) | extra
             raw = raws.get(cfg)
             if raw is None:
-                rows.append(row | failures[cfg])
+                rows.append(measured_row(spec, cfg, device, options.threads) | failures[cfg])
                 continue
-            per_image = self._flops_per_image(spec, cfg, flops)
             warm_raw = warm.measurement(cfg) if warm is not None else None
-            rows.append(row | {
-                "status": "ok", "reason": "", "flops_per_img": per_image,
-                **measured_figures(raw, per_image, ceilings.get(cfg.precision)),
-                "compile_warm_s": warm_raw.first_call_s if warm_raw else None, "finished_at": now,
-                "threads": threads,
-            })
+            rows.append(self._ok_row(spec, raw, device, flops, threads, warm_raw))
         return rows
 
 

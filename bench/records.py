@@ -141,6 +141,9 @@ class RawMeasurement:
     throttle_reasons: int | None = None  # NVML's bitmask, OR-ed over the blocks
     gpu_shared: bool | None = None
     cpu_others: float | None = None  # CPU: cores busy with other processes during the blocks (/proc/stat)
+    timed_with: list[str] = field(default_factory=list)  # the other modes timed in the same blocks (A B A B ...)
+    check: str = ""  # what max_rel_err compares (see bench.workload)
+    threads: int | None = None  # the child's torch threads
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RawMeasurement:
@@ -233,7 +236,9 @@ def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: 
     if cfg.compiled:
         figures |= {"compile_s": raw.first_call_s, "graph_breaks": raw.graph_breaks}
     if raw.max_rel_err is not None:
-        figures |= {"max_rel_err": raw.max_rel_err, "err_flag": raw.max_rel_err > TOLERANCE[cfg.precision]}
+        figures |= {"max_rel_err": raw.max_rel_err, "err_flag": raw.max_rel_err > TOLERANCE[cfg.precision],
+                    "err_check": raw.check}
+    figures["timed_with"] = ",".join(raw.timed_with)
     if raw.max_batch is not None:
         figures["max_batch"] = raw.max_batch
     if raw.energy_j is not None and timing.total_s > 0:

@@ -41,7 +41,7 @@ MEASURE_COLUMNS = [
     "peak_reserved_mib", "compile_s", "compile_warm_s", "graph_breaks", "recompiles", "max_rel_err", "err_flag",
     "blocks", "calls_per_block", "measure_s", "max_batch", "above_ceiling", "cpu_mkldnn", "d_layers", "d_features",
     "flops_per_img", "joules_per_img", "avg_power_w", "sm_clock_before_mhz", "sm_clock_after_mhz", "throttle_reasons",
-    "throttled", "gpu_shared", "cpu_others", "cpu_shared",
+    "throttled", "gpu_shared", "cpu_others", "cpu_shared", "timed_with", "err_check",
 ]
 STATUS_ORDER = ["ok", "invalid", "error", "oom", "timeout"]
 
@@ -210,6 +210,13 @@ def measure_frame(rows: list[Row]) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+def _timed_together(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two rows were timed in the same blocks (A B A B ...), from the ``timed_with`` column."""
+    modes = a.get("timed_with")
+    modes = "" if modes is None or pd.isna(modes) else str(modes)
+    return bool(modes) and b["mode"] in modes.split(",") and a["batch_size"] == b["batch_size"]
+
+
 def _config_label(row: pd.Series) -> str:
     return f"{row['mode']}, {row['precision']}, {row['layout']}, batch {row['batch_size']}"
 
@@ -231,7 +238,7 @@ def baseline_speedups(measured: pd.DataFrame) -> pd.DataFrame:
         noisy = any(str(r.get("noisy")) == "True" for r in compared)
         out.append({
             "variant": variant, "task": task, "fastest": _config_label(best), "img_per_s": float(best["img_per_s"]),
-            "noisy": noisy,
+            "noisy": noisy, "interleaved": len(same) > 0 and _timed_together(best, same.iloc[0]),
             "baseline_img_per_s": float(same["img_per_s"].iloc[0]) if len(same) else None,
             "speedup_same_batch": float(best["img_per_s"]) / float(same["img_per_s"].iloc[0]) if len(same) else None,
             "baseline_b1_img_per_s": float(one["img_per_s"].iloc[0]) if len(one) else None,
@@ -255,12 +262,15 @@ def _baseline_markdown(measured: pd.DataFrame) -> list[str]:
         "speed-up, same batch": table["speedup_same_batch"].map(x),
         "speed-up over NectarGAN at batch 1": table["speedup_vs_b1"].map(x),
         "noisy": table["noisy"].map(lambda v: "**yes**" if v else ""),
+        "timed": table["interleaved"].map(lambda v: "interleaved" if v else "separately"),
     })
     return ["## Against NectarGAN's own loop", "",
             "The fastest configuration of each variant against NectarGAN's training loop (eager fp32, NCHW, D "
-            "called on real and fake separately, `.item()` on every loss every step), measured interleaved in "
-            "the same run, at the same batch size and at NectarGAN's default batch 1 (timed in its own group). "
-            "A speed-up from a noisy row (IQR above 10 % of the median) is not to be trusted.", "",
+            "called on real and fake separately, `.item()` on every loss every step), in the same run, at the "
+            "same batch size and at NectarGAN's default batch 1. *timed*: `interleaved` when the two were timed in "
+            "the same blocks (A B A B ...); `separately` when they were timed one after the other (the loop runs in "
+            "fp32, so against a bf16 or channels_last row it is always its own group), which a drifting machine "
+            "moves apart. A speed-up from a noisy row (IQR above 10 % of the median) is not to be trusted.", "",
             _markdown(shown, text_columns=3), ""]
 
 
@@ -340,17 +350,23 @@ def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> li
                 "img/s": best["img_per_s"].map(lambda v: f"{v:,.1f}"),
             }), text_columns=3), ""]
         group = ["variant", "task", "precision", "layout", "batch_size"]
-        eager = ok[ok["mode"] == "eager"].set_index(group)["median_ms"]
+        eager = ok[ok["mode"] == "eager"].set_index(group)
         compiled = ok[ok["mode"].isin(list(COMPILE_MODES))]
         speed = []
         for _, r in compiled.iterrows():
-            base = eager.get(tuple(r[k] for k in group))
-            if base is not None and not pd.isna(base):
+            key = tuple(r[k] for k in group)
+            if key in eager.index:
+                base = eager.loc[[key]].iloc[0]
                 speed.append({"variant": r["variant"], "task": r["task"], "mode": r["mode"],
                               "precision": r["precision"], "layout": r["layout"],
-                              "speedup over eager": f"{base / r['median_ms']:.2f}x"})
+                              "speedup over eager": f"{base['median_ms'] / r['median_ms']:.2f}x",
+                              "noisy": "**yes**" if "True" in (str(r["noisy"]), str(base["noisy"])) else "",
+                              "timed": "interleaved" if _timed_together(r, base | {"mode": "eager"})
+                              else "separately"})
         if speed:
-            out += ["## Compiled over eager (same task, precision, layout; interleaved)", "",
+            out += ["## Compiled over eager (same task, precision, layout)", "",
+                    "*timed*: `interleaved` when the pair was timed in the same blocks; `separately` (e.g. one of "
+                    "them measured by a resumed run) when not, which a drifting machine moves apart.", "",
                     _markdown(pd.DataFrame(speed), text_columns=5), ""]
         out += _baseline_markdown(measured) + _cost_to_train_markdown(measured)
     bad = measured[measured["status"] != "ok"]

@@ -3,7 +3,8 @@
 :func:`run_sweep` selects the variants (a shard of them), prepares the run folder, skips variants
 whose rows are all in the store, and hands each remaining variant to a *plan* on one worker per
 device: :class:`StaticPlan` profiles it (one ``static`` row); the measured plan
-(:class:`bench.measure.MeasuredPlan`) adds its timed rows. Rows are appended as each variant finishes.
+(:class:`bench.measure.MeasuredPlan`) adds its timed rows. Rows are appended as they are made: a measured
+plan hands over each group of configurations as the child reports it, so a killed sweep keeps them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SCHEMA_VERSION = 1
 STATIC_KIND = "static"
 LOCK_FILE = ".lock"
 CLUSTER_STATE = "executor.json"  # a sweep sent to Slurm (bench.executors.slurm): its folder holds shards
+EmitRows = Callable[[list[Row]], None]
 
 
 def static_key(spec: VariantSpec) -> str:
@@ -79,8 +81,10 @@ class SweepPlan(Protocol):
         """Once, before the first variant (e.g. the matmul ceiling into env.json)."""
         ...
 
-    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore) -> list[Row]:
-        """The variant's rows that are not ``done`` yet."""
+    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore,
+             emit: EmitRows | None = None) -> list[Row]:
+        """The variant's rows that are not ``done`` yet. A plan may hand rows to ``emit`` as they are
+        made (they reach disk at once); it returns them all the same, and none is written twice."""
         ...
 
     def finish(self) -> None:
@@ -104,7 +108,8 @@ class StaticPlan:
     def start(self, directory: Path, store: JsonlStore) -> None:
         return None
 
-    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore) -> list[Row]:
+    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore,
+             emit: EmitRows | None = None) -> list[Row]:
         return [static_row(spec)]
 
     def finish(self) -> None:
@@ -276,7 +281,7 @@ def _run(variants: list[VariantSpec], devices: list[str], directory: Path, plan:
     lock = threading.Lock()
     queue = list(todo)
 
-    def record(spec: VariantSpec, rows: list[Row]) -> None:
+    def write(rows: list[Row]) -> None:
         with lock:
             for row in rows:
                 if row["key"] in done:
@@ -284,8 +289,6 @@ def _run(variants: list[VariantSpec], devices: list[str], directory: Path, plan:
                 store.append(row)
                 done.add(row["key"])
                 result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
-            if on_variant:
-                on_variant(spec, rows)
 
     def worker(device: str) -> None:
         while True:
@@ -293,7 +296,11 @@ def _run(variants: list[VariantSpec], devices: list[str], directory: Path, plan:
                 if not queue:
                     return
                 spec = queue.pop(0)
-            record(spec, plan.rows(spec, device, done, store))
+            rows = plan.rows(spec, device, done, store, write)
+            write(rows)
+            if on_variant:
+                with lock:
+                    on_variant(spec, rows)
 
     if len(devices) == 1:
         worker(devices[0])

@@ -2,7 +2,14 @@
 
 A group shares (task, precision, layout, batch size); its modes (eager, compile, ...) are built with
 identical weights, warmed up (the first call of a compiled workload is its cold compile time),
-checked against eager fp32 (``max_rel_err``), and then timed interleaved (see :mod:`bench.timing`).
+checked (``max_rel_err``), and then timed interleaved (see :mod:`bench.timing`).
+
+The check: an eager row and a compiled ``infer`` row compare their own no-grad forward with eager fp32
+from the same weights. A compiled ``train`` or ``gan_train`` row compares the losses of one step of the
+compiled step with one step of its eager twin (same precision, weights and inputs), dropout off in
+both: Inductor draws dropout masks with its own generator, so with dropout on no two runs agree. That
+check compiles again (dropout off is another graph), so it runs after the timed blocks, where it cannot
+warm the cold compile that ``first_call_s`` measures.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from nectargan.train.loop import build_models
 from nectargan.train.step import Pix2PixStep, make_adam
 
 WARMUP_CALLS = 3
+FORWARD_CHECK = "no-grad forward vs eager fp32"
+STEP_CHECK = "one step's losses and output vs an eager step, dropout off"
 RSS_SAMPLE_S = 0.0005
 
 # progress(phase, config, measurements): where the child is, so a hang or crash can be attributed.
@@ -48,6 +57,7 @@ class Workload:
     call: Callable[[], object]
     forward_eval: Callable[[torch.Tensor], torch.Tensor]
     persistent_bytes: int
+    modules: tuple[torch.nn.Module, ...] = ()
 
 
 def build_workload(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, seed: int) -> Workload:
@@ -93,11 +103,12 @@ def build_workload(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, 
         def call() -> object:
             optimizer.zero_grad(set_to_none=True)
             with autocast(cfg.precision, device):
-                loss = F.l1_loss(forward(x).float(), target.float())
+                out = forward(x)
+                loss = F.l1_loss(out.float(), target.float())
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            return loss
+            return {"loss": loss.detach(), "output": out.detach()}
 
     def forward_eval(inp: torch.Tensor) -> torch.Tensor:
         was = model.training
@@ -107,7 +118,7 @@ def build_workload(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, 
         model.train(was)
         return out
 
-    return Workload(cfg, call, forward_eval, persistent)
+    return Workload(cfg, call, forward_eval, persistent, (model,))
 
 
 def _param_bytes(module: torch.nn.Module) -> int:
@@ -140,7 +151,7 @@ def _gan_workload(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, x
         generator.train()
         return out
 
-    return Workload(cfg, call, forward_eval, persistent)
+    return Workload(cfg, call, forward_eval, persistent, (generator, discriminator))
 
 
 def _format(cfg: MeasureConfig) -> torch.memory_format:
@@ -171,9 +182,10 @@ def measure_group(
     """Measure configs that differ only in mode (one group); one raw measurement per config.
 
     Each mode is built with the same weights; its first call is timed apart (the cold compile for a
-    compiled mode), its output checked against eager fp32, then after warm-up all modes are timed
-    interleaved. Train rows check the eval forward before any step changes the weights; infer rows
-    check the compiled forward itself at the measured shape (no recompile). ``progress`` hears every
+    compiled mode), then after warm-up all modes are timed interleaved. Checks (see the module
+    docstring): eager train rows check the eval forward before any step changes the weights; infer rows
+    check the compiled forward itself at the measured shape (no recompile); compiled train rows check
+    one step against eager after the timed blocks. ``progress`` hears every
     phase entered, and the group's measurements at the end (phase ``done``).
     """
     if device.type == "cuda":
@@ -186,15 +198,15 @@ def measure_group(
         progress("build", cfg)
         before = dynamo_counts()
         workload = build_workload(spec, cfg, device, seed=0)
-        if cfg.task != "infer":  # before any step changes the weights
+        if cfg.task != "infer" and not cfg.compiled:  # before any step changes the weights
             progress("check", cfg)
-            raw.max_rel_err = _rel_error(workload, spec, cfg, device, seed=0)
+            raw.max_rel_err, raw.check = _rel_error(workload, spec, cfg, device, seed=0), FORWARD_CHECK
         progress("first-call", cfg)
         raw.first_call_s = _first_call(workload, device)
         raw.graph_breaks = dynamo_counts()["graph_breaks"] - before["graph_breaks"]
         if cfg.task == "infer":
             progress("check", cfg)
-            raw.max_rel_err = _rel_error(workload, spec, cfg, device, seed=0)
+            raw.max_rel_err, raw.check = _rel_error(workload, spec, cfg, device, seed=0), FORWARD_CHECK
         progress("warmup", cfg)
         for _ in range(WARMUP_CALLS):
             workload.call()
@@ -232,10 +244,17 @@ def measure_group(
             raw.sm_clock_before_mhz, raw.sm_clock_after_mhz = reading.clock_before_mhz, reading.clock_after_mhz
             if device.type == "cuda":
                 raw.throttle_reasons, raw.gpu_shared = reading.throttle_reasons, reading.shared
+        raw.timed_with = [c.mode for c in configs if c != cfg]
+        raw.threads = torch.get_num_threads()
         progress("memory", cfg)
         raw.peak_mem_bytes, raw.peak_reserved_bytes = _memory(workloads[cfg], device)
     workloads.clear()
     release(device)
+    for cfg in configs:  # after the timed blocks: this compiles again (see the module docstring)
+        if cfg.compiled and cfg.task != "infer":
+            progress("check", cfg)
+            raws[cfg].max_rel_err, raws[cfg].check = step_error(spec, cfg, device, seed=0), STEP_CHECK
+            release(device)
     measured = [raws[c] for c in configs]
     progress("done", None, measured)
     return measured
@@ -265,6 +284,27 @@ def release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def step_error(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, seed: int) -> float:
+    """Largest relative difference between the losses of one step of ``cfg`` (a compiled train or
+    gan_train workload) and one step of its eager twin, from the same weights and inputs, dropout off: each
+    loss (and, for ``train``, the generator's output) as max |compiled - eager| / max |eager|."""
+    outputs = []
+    for mode in (cfg.mode, "eager"):
+        if device.type == "cuda":
+            set_tf32(cfg.precision)
+        workload = build_workload(spec, dataclasses.replace(cfg, mode=mode), device, seed)
+        for module in workload.modules:
+            for layer in module.modules():
+                if isinstance(layer, torch.nn.Dropout):
+                    layer.p = 0.0
+        out = workload.call()
+        outputs.append([torch.as_tensor(v).detach().float().cpu() for v in out.values()])
+        del workload, out
+    compiled, eager = outputs
+    pairs = zip(compiled, eager, strict=True)
+    return max(float((c - e).abs().max() / e.abs().max().clamp_min(1e-12)) for c, e in pairs)
 
 
 def _rel_error(workload: Workload, spec: VariantSpec, cfg: MeasureConfig, device: torch.device, seed: int) -> float:

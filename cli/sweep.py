@@ -37,7 +37,7 @@ from cli.options import (
     executor_settings,
     variant,
 )
-from cli.progress import ProgressBar, stderr
+from cli.progress import ProgressBar, sigterm_as_interrupt, stderr
 from nectargan.errors import NectarGANError
 
 stdout = Console()
@@ -206,11 +206,12 @@ def sweep(
         summary_text, written = done
     else:
         try:
-            result = run_sweep(
-                loaded, directory, plan, resume=resume, shard_spec=shard_spec, command=INVOCATION.command,
-                on_start=lambda total: bar.start(total) if total else None,
-                on_variant=lambda spec, rows: bar.update(advance=1, status=f"{spec.name} [{_worst(rows)}]"),
-            )
+            with sigterm_as_interrupt():
+                result = run_sweep(
+                    loaded, directory, plan, resume=resume, shard_spec=shard_spec, command=INVOCATION.command,
+                    on_start=lambda total: bar.start(total) if total else None,
+                    on_variant=lambda spec, rows: bar.update(advance=1, status=f"{spec.name} [{_worst(rows)}]"),
+                )
         except KeyboardInterrupt:
             bar.stop()
             stderr.print(f"Interrupted. Finished rows are kept in {directory}/results.jsonl; continue with "

@@ -19,7 +19,7 @@ class KillOncePlan(StaticPlan):
         self.marker = marker
         self.victim = victim
 
-    def rows(self, spec, device, done, store):
+    def rows(self, spec, device, done, store, emit=None):
         if spec.name == self.victim and not Path(self.marker).exists():
             Path(self.marker).write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)

@@ -158,7 +158,8 @@ class RayPlan:
         write_json_atomic(directory / ENV_FILE, env)
         self.start_env = {k: env[k] for k in ("matmul_ceiling_tflops",) if k in env}
 
-    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore) -> list[Row]:
+    def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore,
+             emit: Callable[[list[Row]], None] | None = None) -> list[Row]:
         keys = self.keys(spec)
         static = None
         if static_key(spec) in done:
