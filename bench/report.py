@@ -211,10 +211,10 @@ def measure_frame(rows: list[Row]) -> pd.DataFrame:
 
 
 def _timed_together(a: pd.Series, b: pd.Series) -> bool:
-    """Whether two rows were timed in the same blocks (A B A B ...), from the ``timed_with`` column."""
+    """Whether two rows of the same group were timed in the same blocks (A B A B ...), from ``timed_with``."""
     modes = a.get("timed_with")
     modes = "" if modes is None or pd.isna(modes) else str(modes)
-    return bool(modes) and b["mode"] in modes.split(",") and a["batch_size"] == b["batch_size"]
+    return bool(modes) and b["mode"] in modes.split(",")
 
 
 def _config_label(row: pd.Series) -> str:
@@ -361,8 +361,7 @@ def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> li
                               "precision": r["precision"], "layout": r["layout"],
                               "speedup over eager": f"{base['median_ms'] / r['median_ms']:.2f}x",
                               "noisy": "**yes**" if "True" in (str(r["noisy"]), str(base["noisy"])) else "",
-                              "timed": "interleaved" if _timed_together(r, base | {"mode": "eager"})
-                              else "separately"})
+                              "timed": "interleaved" if _timed_together(r, base) else "separately"})
         if speed:
             out += ["## Compiled over eager (same task, precision, layout)", "",
                     "*timed*: `interleaved` when the pair was timed in the same blocks; `separately` (e.g. one of "

@@ -416,4 +416,58 @@ def compare(
         raise typer.Exit(1)
 
 
-COMMANDS = {"profile": profile, "sweep": sweep, "collect": collect, "report": report, "compare": compare}
+def trace(
+    n_downs: NDowns = DEFAULT.n_downs,
+    features: Features = DEFAULT.features,
+    block_type: BlockType = DEFAULT.block_type,
+    upconv_type: Upconv = DEFAULT_UPCONV,
+    input_size: InputSize = DEFAULT.input_size,
+    use_dropout_layers: DropoutLayers = DEFAULT.use_dropout_layers,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 16,
+    task: Annotated[str, typer.Option(help="infer, train or gan_train.")] = "gan_train",
+    mode: Annotated[str, typer.Option(help="eager, compile, compile-reduce-overhead, compile-max-autotune or "
+                                      "nectargan.")] = "compile",
+    precision: Annotated[str | None, typer.Option(help="fp32, tf32, bf16, fp16 (default: bf16 on CUDA, else "
+                                                  "fp32).")] = None,
+    layout: Annotated[str, typer.Option(help="nchw or channels_last.")] = "nchw",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    d_layers: Annotated[int | None, typer.Option(min=1, help="gan_train: PatchGAN layers (default 3).")] = None,
+    d_features: Annotated[int | None, typer.Option(min=1, help="gan_train: PatchGAN features (default 64).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Warm steps traced.")] = 5,
+    top: Annotated[int, typer.Option(min=1, help="Kernels listed.")] = 20,
+    out: Annotated[Path | None, typer.Option(help="Write the markdown here (e.g. profile.md) as well.")] = None,
+) -> None:
+    """Trace warm steps of one measured workload with torch.profiler: the top kernels by time and their share.
+
+    Example: nectargan-bench trace --task gan_train --mode compile --precision bf16 --device cuda --out profile.md
+    """
+    from bench.grid import check_measure_value
+    from bench.measure import config_reason
+    from bench.records import MeasureConfig
+    from bench.trace import trace_markdown, trace_step
+    from nectargan.runtime import resolve_device
+    from nectargan.train.config import TrainConfig
+
+    spec = variant(n_downs, features, block_type, upconv_type, input_size, DEFAULT.in_channels, None,
+                   use_dropout_layers)
+    where = resolve_device(device)
+    precision = precision or ("bf16" if where.type == "cuda" else "fp32")
+    for key, value in (("task", task), ("mode", mode), ("precision", precision), ("layout", layout)):
+        check_measure_value(key, value, f"--{key}")
+    d = ((d_layers or TrainConfig.d_layers, d_features or TrainConfig.d_features) if task == "gan_train"
+         else (None, None))
+    cfg = MeasureConfig(task, mode, precision, layout, batch_size, *d)
+    reason = config_reason(spec, cfg, str(where))
+    if reason:
+        raise NectarGANError(reason)
+    text = trace_markdown(trace_step(spec, cfg, where, steps=steps, top=top))
+    typer.echo(text)
+    if out is not None:
+        from bench.env import write_text_atomic
+
+        write_text_atomic(out, text)
+        stderr.print(f"Wrote {out}", highlight=False, soft_wrap=True)
+
+
+COMMANDS = {"profile": profile, "sweep": sweep, "trace": trace, "collect": collect, "report": report,
+            "compare": compare}

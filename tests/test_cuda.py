@@ -51,8 +51,11 @@ TINY = {"n_downs": [3], "features": [8], "input_size": [64], "batch_size": [4]}
 MATRIX = {p: ("UnetBlock", "Transposed", p) for p in PRECISIONS} | {
     "residual-bf16": ("ResidualUnetBlock", "Bilinear", "bf16")
 }
-MATRIX_TIMEOUT_S = 480
-CHILD_TIMEOUT_S = 300  # [measure] timeout_s: per measuring child
+# Limits that must fit inside whatever runs the tests: the GPU check's pytest phase passes its cap.
+CHILD_TIMEOUT_S = float(os.environ.get("NECTARGAN_CUDA_CHILD_TIMEOUT_S", 300))  # [measure] timeout_s per child
+MATRIX_TIMEOUT_S = CHILD_TIMEOUT_S + 60
+# NECTARGAN_CUDA_QUICK=1 (the GPU check's quick subset): the background matrix is not started.
+QUICK = os.environ.get("NECTARGAN_CUDA_QUICK") == "1"
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -232,6 +235,9 @@ def test_max_batch_is_a_power_of_two_fraction_of_the_start(oom_run):
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     """Start the matrix sweeps (they finish while other tests run); kill leftovers at the end."""
+    if QUICK:
+        yield None
+        return
     root = tmp_path_factory.mktemp("matrix")
     grids = {
         name: _grid(root / f"{name}.toml", {**TINY, "block_type": [block], "upconv_type": [upconv]},
@@ -250,15 +256,15 @@ def matrix(tmp_path_factory):
 # --- CUDA graphs called many times ------------------------------------------------------------------------------
 
 
-def test_gan_step_in_every_mode_with_energy(tmp_path):
+@pytest.mark.parametrize("modes", [("eager", "compile", "compile-reduce-overhead"), ("eager",)],
+                         ids=["gan_step_every_mode", "gan_step_eager"])
+def test_gan_step_with_energy(tmp_path, modes):
     """The whole pix2pix step on a GPU: eager, compiled, CUDA graphs and NectarGAN's loop; NVML energy."""
     grid = _grid(tmp_path / "g.toml", TINY, task=["gan_train"], precision=["bf16"], layout=["nchw"],
-                 mode=["eager", "compile", "compile-reduce-overhead", "nectargan"], d_features=16,
-                 timeout_s=CHILD_TIMEOUT_S)
+                 mode=[*modes, "nectargan"], d_features=16, timeout_s=CHILD_TIMEOUT_S)
     assert _sweep(tmp_path / "run", grid, "--device", "cuda") == 0
     rows = {(r["mode"], r["batch_size"]): r for r in _measured(_rows(tmp_path / "run"))}
-    assert set(rows) == {("eager", 4), ("compile", 4), ("compile-reduce-overhead", 4), ("nectargan", 4),
-                         ("nectargan", 1)}
+    assert set(rows) == {*((m, 4) for m in modes), ("nectargan", 4), ("nectargan", 1)}
     for r in rows.values():
         assert r["status"] == "ok", (_where(r), r["reason"])
         assert r["img_per_s"] > 0 and r["tflops"] > 0 and r["recompiles"] == 0 and not r["err_flag"]
