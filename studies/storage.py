@@ -17,6 +17,12 @@ operations in order, but SQLite has no row locks, so two processes can both take
 trial and train it twice. On SQLite that hand-out is therefore done under an exclusive lock on a file
 beside the database (``FILE.db.lock``), which serialises it between the processes of one machine.
 
+Optuna creates its tables the first time a storage is opened, and leaves concurrent first use to the
+caller (optuna/optuna#1092): several workers opening one empty PostgreSQL database at once meet
+``UniqueViolation`` or ``DuplicateObject``. Here PostgreSQL and MySQL storages are opened while holding
+a lock that the database itself holds (``pg_advisory_lock``; MySQL's ``GET_LOCK``), taken on a
+connection of its own: the first opener creates the schema, the others wait and find it there.
+
 Read-only commands (``study-report``, ``dashboard``) open with ``must_exist=True``: a missing file is
 an error instead of a new empty database, and no tables are created.
 """
@@ -123,10 +129,54 @@ def open_storage(
     try:
         if database is not None:
             return LockedSQLiteStorage(url, database.with_name(database.name + ".lock"), **kwargs)
-        return RDBStorage(url, **kwargs)
+        with schema_lock(url):
+            return RDBStorage(url, **kwargs)
+    except StorageError:
+        raise
     except Exception as exc:  # sqlalchemy raises many types for an unreachable or bad database
         message = " ".join(str(exc).split())[:300]
         raise StorageError(f"storage {url!r} cannot be opened: {type(exc).__name__}: {message}") from None
+
+
+SCHEMA_LOCK_KEY = 0x6E6563746172  # any 64-bit number of ours: PostgreSQL's advisory lock on schema creation
+SCHEMA_LOCK_WAIT_S = 120
+
+
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold the database's own lock on Optuna's schema while the caller opens (and maybe creates) it.
+
+    PostgreSQL: a session advisory lock; MySQL: ``GET_LOCK``. Other URLs: no lock. The lock lives on a
+    separate connection, released (and closed) at the end, so a crashed holder never leaves it behind.
+    """
+    if not url.startswith(("postgresql", "mysql")):
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    postgres = url.startswith("postgresql")
+    try:
+        with engine.connect() as connection:
+            if postgres:
+                connection.execute(sqlalchemy.text(f"SET lock_timeout = '{SCHEMA_LOCK_WAIT_S}s'"))
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            else:
+                got = connection.execute(sqlalchemy.text("SELECT GET_LOCK('optuna_schema', :wait)"),
+                                         {"wait": SCHEMA_LOCK_WAIT_S}).scalar()
+                if got != 1:
+                    raise StorageError(f"storage {url!r}: another process held the schema lock for over "
+                                       f"{SCHEMA_LOCK_WAIT_S} s; try again")
+            connection.commit()
+            try:
+                yield
+            finally:
+                unlock = "SELECT pg_advisory_unlock(:key)" if postgres else "SELECT RELEASE_LOCK('optuna_schema')"
+                connection.execute(sqlalchemy.text(unlock), {"key": SCHEMA_LOCK_KEY} if postgres else {})
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 def check_cluster_storage(url: str, executor: str) -> str:

@@ -67,3 +67,31 @@ def compiled_sweep(tmp_path_factory):
     second = main(["sweep", str(grid), *common, "--resume", "--task", "gan_train", "--mode", "eager",
                    "--mode", "nectargan"])
     return max(first, second), out
+
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def postgres_url():
+    """A new, empty PostgreSQL database of this test's own (dropped at the end), so no test depends on
+    what an earlier run left in a shared one; skipped where no server answers on 127.0.0.1:5432."""
+    import socket
+    import uuid
+
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    except OSError:
+        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432 (CI and developer machines have one)")
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    name = f"nectargan_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()

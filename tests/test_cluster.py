@@ -208,16 +208,14 @@ def test_ray_sweep_gives_each_task_its_gpu_and_retries_a_killed_worker(tmp_path,
 
 
 @pytest.mark.parametrize("kind", ["slurm", "ray"])
-def test_study_workers_on_postgresql_end_with_n_trials_after_one_is_killed(kind, tmp_path, sample_dataset, request):
+def test_study_workers_on_postgresql_end_with_n_trials_after_one_is_killed(kind, tmp_path, sample_dataset, request,
+                                                                          postgres_url):
     """3 workers, 3 trials (the first NectarGAN's baseline); one worker is killed mid-trial and restarted by
     its engine: its trial is failed as lost, the run still ends with exactly 3 trials that ran to their end."""
-    from test_studies import _postgres_or_skip
-
-    _postgres_or_skip()
     pytest.importorskip("submitit" if kind == "slurm" else "ray")
     if kind == "ray":
         request.getfixturevalue("ray_cluster")
-    from test_studies import POSTGRES, _config
+    from test_studies import _config
 
     from bench.executors import executor_config
     from studies.runner import ENDED_ATTR, LOST, RAN_ON_ATTR, StudyRun, run_study
@@ -225,7 +223,7 @@ def test_study_workers_on_postgresql_end_with_n_trials_after_one_is_killed(kind,
     name = f"cluster-{kind}-{uuid.uuid4().hex[:8]}"
     config = _config(tmp_path, sample_dataset, name=name, baseline=True,
                      budget="seconds = 1\nsteps = 100000\neval_every = 100000")
-    run = StudyRun(config_path=config, storage=POSTGRES, study_name=name, n_trials=3, workers=3,
+    run = StudyRun(config_path=config, storage=postgres_url, study_name=name, n_trials=3, workers=3,
                    out_root=str(tmp_path / "out"))
     executor = executor_config(kind=kind, cluster="local" if kind == "slurm" else None, gpus_per_task=0,
                                cpus_per_task=1, max_retries=2, time_min=5 if kind == "slurm" else None)
@@ -233,11 +231,11 @@ def test_study_workers_on_postgresql_end_with_n_trials_after_one_is_killed(kind,
     driver = threading.Thread(target=lambda: outcome.update(summary=run_study(run, executor=executor)), daemon=True)
     driver.start()
     try:
-        victim = _kill_a_running_trial(name, driver)
+        victim = _kill_a_running_trial(name, driver, postgres_url)
         driver.join(timeout=240)
         assert not driver.is_alive(), "the study did not finish"
         assert "summary" in outcome, "run_study raised (see the captured log)"
-        trials = optuna.load_study(study_name=name, storage=POSTGRES).trials
+        trials = optuna.load_study(study_name=name, storage=postgres_url).trials
         states = [t.state for t in trials]
         assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.WAITING not in states
         ended = [t for t in trials if t.user_attrs.get(ENDED_ATTR)]
@@ -251,18 +249,17 @@ def test_study_workers_on_postgresql_end_with_n_trials_after_one_is_killed(kind,
         assert any(t.user_attrs.get("worker") == worker and t.user_attrs[RAN_ON_ATTR]["pid"]
                    != killed.user_attrs[RAN_ON_ATTR]["pid"] for t in ended)  # the worker ran again, elsewhere
     finally:
-        optuna.delete_study(study_name=name, storage=POSTGRES)
+        driver.join(timeout=5)
 
 
-def _kill_a_running_trial(name: str, driver: threading.Thread) -> int:
+def _kill_a_running_trial(name: str, driver: threading.Thread, storage: str) -> int:
     """SIGKILL the worker process of the first trial seen RUNNING (mid-training); its number."""
-    from test_studies import POSTGRES
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert driver.is_alive(), "the study ended before a trial was seen running"
         try:
-            trials = optuna.load_study(study_name=name, storage=POSTGRES).trials
+            trials = optuna.load_study(study_name=name, storage=storage).trials
         except KeyError:
             trials = []
         running = next((t for t in trials if t.state == optuna.trial.TrialState.RUNNING

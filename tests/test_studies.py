@@ -28,7 +28,9 @@ from studies.storage import open_storage
 
 NUMERIC = ("params", "gflops", "train_img_per_s", "peak_mem_mib", "val_l1", "val_psnr", "val_ssim", "train_seconds",
            "infer_img_per_s", "infer_ms")
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+ROOT = Path(__file__).resolve().parents[1]
+# Rounds of three processes opening an empty PostgreSQL database at once (10 by hand: NECTARGAN_RACE_ROUNDS=10).
+RACE_ROUNDS = int(os.environ.get("NECTARGAN_RACE_ROUNDS", 4))
 FAST_TIMING = "infer_blocks = 3\ninfer_min_block_s = 0.005"
 
 
@@ -244,13 +246,6 @@ def test_baseline_runs_once_with_two_workers_on_sqlite(tmp_path, sample_dataset)
     _baseline_ran_once(trials, tmp_path / "out-two")
 
 
-def _postgres_or_skip() -> None:
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
-    except OSError:
-        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432 (CI and developer machines have one)")
-
-
 def test_waiting_trials_are_handed_out_once_on_sqlite(tmp_path):
     """SQLite has no row locks: without the lock file two takers can both get one waiting trial."""
     import threading
@@ -360,13 +355,36 @@ def _kill_mid_trial_and_retry(storage: str, tmp_path: Path, data: Path, name: st
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
 
 
-def test_killed_worker_trial_fails_and_is_retried_postgresql(tmp_path, sample_dataset):
-    _postgres_or_skip()
-    name = f"pgk-{uuid.uuid4().hex[:8]}"
+def test_killed_worker_trial_fails_and_is_retried_postgresql(tmp_path, sample_dataset, postgres_url):
+    _kill_mid_trial_and_retry(postgres_url, tmp_path, sample_dataset, f"pgk-{uuid.uuid4().hex[:8]}")
+
+
+def test_workers_opening_an_empty_postgresql_at_once_never_race(postgres_url):
+    """Three processes open one empty database at the same instant, in rounds on fresh databases: the
+    first creates Optuna's schema under the database's advisory lock, the others wait and find it."""
+    import sqlalchemy
+    from conftest import POSTGRES_ADMIN
+
+    code = ("import sys, time; from studies.storage import open_storage; "
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); open_storage(sys.argv[1])")
+    admin = sqlalchemy.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    base = postgres_url.rsplit("/", 1)[1]
+    failures = []
     try:
-        _kill_mid_trial_and_retry(POSTGRES, tmp_path, sample_dataset, name)
+        for round_ in range(RACE_ROUNDS):
+            name = f"{base}_r{round_}"
+            with admin.connect() as connection:
+                connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+            url = postgres_url.rsplit("/", 1)[0] + "/" + name
+            start = time.time() + 1.0  # every process opens at this instant, after its imports
+            procs = [subprocess.Popen([sys.executable, "-c", code, url, str(start)], cwd=ROOT,
+                                      stderr=subprocess.PIPE, text=True) for _ in range(3)]
+            failures += [p.communicate(timeout=60)[1].strip()[-300:] for p in procs if p.wait(timeout=60)]
+            with admin.connect() as connection:
+                connection.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
     finally:
-        optuna.delete_study(study_name=name, storage=POSTGRES)
+        admin.dispose()
+    assert failures == [], failures
 
 
 def _free_port() -> int:
