@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from bench.records import (
@@ -128,17 +128,52 @@ def _emit(line: str) -> None:
     sys.stdout.flush()
 
 
-def main() -> int:
-    """Serve jobs, one JSON line each, until stdin closes."""
-    for line in sys.stdin:
+def serve(lines: Iterable[str], emit: Callable[[str], None]) -> int:
+    """Serve jobs, one JSON line each, until ``lines`` ends; answer each with progress and an envelope."""
+    for line in lines:
         if not line.strip():
             continue
         try:
-            envelope = run_job(job_from_json(line), Progress(_emit))
+            envelope = run_job(job_from_json(line), Progress(emit))
         except Exception as exc:  # a job that cannot even be read still gets an answer
             envelope = describe_exception(exc)
-        _emit(ENVELOPE_PREFIX + envelope.to_json())
+        emit(ENVELOPE_PREFIX + envelope.to_json())
     return 0
+
+
+def main() -> int:
+    """Serve jobs from stdin until it closes (``python -m bench.child``)."""
+    return serve(sys.stdin, _emit)
+
+
+# Modules a fork server imports once, so that each forked child starts without importing them (torch and
+# dynamo alone take seconds). Importing them starts no thread pool and initialises no CUDA.
+PRELOAD = ["torch", "torch._dynamo", "bench.child", "bench.workload"]
+
+
+def serve_forked(jobs: Any, lines: Any, env: dict[str, str], stderr_path: str) -> None:
+    """A forked child's life (see :class:`bench.launcher.ForkServerLauncher`): its own session, its
+    environment, stdout and stderr into a file the parent reads after a crash, jobs read from ``jobs``
+    and progress and envelopes sent on ``lines`` (two one-way pipes)."""
+    import os
+
+    os.setsid()  # its own process group: the parent kills it with everything it started
+    fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.clear()  # the caller's environment now, not the server's at its start (as a subprocess gets)
+    os.environ.update(env)  # before anything reads it: CUDA_VISIBLE_DEVICES, TORCHINDUCTOR_CACHE_DIR
+
+    def received() -> Iterator[str]:
+        while True:
+            try:
+                yield jobs.recv()
+            except (EOFError, OSError):
+                return
+
+    serve(received(), lines.send)
+    os._exit(0)  # no atexit handlers inherited from the fork server
 
 
 if __name__ == "__main__":

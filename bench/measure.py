@@ -69,6 +69,20 @@ class MeasureOptions:
     max_batch: int | None = None
 
 
+# The launcher of a CPU sweep: children forked from a server that imported torch once (start-up in well under
+# a second). CUDA keeps plain subprocesses: forking a CUDA host process is only safe before CUDA is
+# initialised, which the fork server guarantees but no GPU has checked yet.
+DEFAULT_CPU_LAUNCHER = "forkserver"
+
+
+def default_launcher(device: str) -> str:
+    from bench.launcher import fork_server_available
+
+    if device.startswith("cuda") or not fork_server_available():
+        return "subprocess"
+    return DEFAULT_CPU_LAUNCHER
+
+
 def _listed(value: Any) -> list[Any]:
     return list(dict.fromkeys(value if isinstance(value, list) else [value]))
 
@@ -90,7 +104,8 @@ def measure_options(grid: Grid, device: str | None = None, **overrides: Any) -> 
     device = str(device or _single(table.get("device", "cpu")))
     cuda = device.startswith("cuda")
     if table.get("launcher", "subprocess") not in LAUNCHERS:
-        raise NectarGANError(f"launcher={table['launcher']!r} is not valid: use {' or '.join(LAUNCHERS)}")
+        raise NectarGANError(f"launcher={table['launcher']!r} is not valid: use {', '.join(LAUNCHERS)}")
+    table.setdefault("launcher", default_launcher(device))
     keep = {k: _single(table[k]) for k in ("threads", "timeout_s", "block_timeout_s", "cpu_mkldnn", "d_layers",
                                           "d_features", "blocks",
                                           "min_block_s", "launcher", "warm_compile", "inductor_cache", "max_batch")
@@ -292,12 +307,16 @@ class MeasuredPlan:
             pending = [c for c in pending if c not in culprits]
         return raws, failures, threads
 
+    def _row(self, spec: VariantSpec, cfg: MeasureConfig, device: str) -> Row:
+        """A measured row's identifying columns, with the CPU's oneDNN setting where it applies."""
+        extra = {"cpu_mkldnn": self.options.cpu_mkldnn} if device == "cpu" else {}
+        return measured_row(spec, cfg, device, self.options.threads) | extra
+
     def _ok_row(self, spec: VariantSpec, raw: RawMeasurement, device: str, flops: dict[str, int],
                 threads: int | None, warm: RawMeasurement | None = None) -> Row:
         cfg = raw.config
         per_image = self._flops_per_image(spec, cfg, flops)
-        extra = {"cpu_mkldnn": self.options.cpu_mkldnn} if device == "cpu" else {}
-        return measured_row(spec, cfg, device, self.options.threads) | extra | {
+        return self._row(spec, cfg, device) | {
             "status": "ok", "reason": "", "flops_per_img": per_image,
             **measured_figures(raw, per_image, self.ceilings.get(device, {}).get(cfg.precision)),
             "compile_warm_s": warm.first_call_s if warm else None,
@@ -347,7 +366,7 @@ class MeasuredPlan:
         for cfg in runnable:
             raw = raws.get(cfg)
             if raw is None:
-                rows.append(measured_row(spec, cfg, device, options.threads) | failures[cfg])
+                rows.append(self._row(spec, cfg, device) | failures[cfg])
                 continue
             warm_raw = warm.measurement(cfg) if warm is not None else None
             rows.append(self._ok_row(spec, raw, device, flops, threads, warm_raw))

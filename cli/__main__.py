@@ -4,4 +4,5 @@ import sys
 
 from cli.app import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a fork-server child imports this module again; it must not run the command
+    sys.exit(main())

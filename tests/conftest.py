@@ -26,10 +26,12 @@ def fault_child(monkeypatch):
     from pathlib import Path
 
     import bench.launcher
+    import bench.measure
 
     def use(plan: dict) -> None:
         script = Path(__file__).with_name("faults.py")
         monkeypatch.setattr(bench.launcher, "CHILD_COMMAND", [sys.executable, str(script), json.dumps(plan)])
+        monkeypatch.setattr(bench.measure, "DEFAULT_CPU_LAUNCHER", "subprocess")  # the faults live in a script
 
     return use
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -344,3 +345,51 @@ def test_a_busy_cpu_flags_the_row_and_a_too_deep_discriminator_is_invalid_up_fro
 def test_measure_flags_are_checked_with_static_only_too(tmp_path, capsys):
     code = main(["sweep", "smoke", "--static-only", "--task", "inference", "--out", str(tmp_path / "run")])
     assert code == 1 and "did you mean 'infer'" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_fork_server_children_start_fast_and_a_killed_one_is_reported():
+    """The default CPU launcher forks children from a server that imported torch once: a second child
+    starts in well under the seconds an import takes, and a child killed mid-job gives an envelope naming
+    the signal, with no process left behind."""
+    import signal
+    import threading
+    import time
+
+    from bench.launcher import ForkServerLauncher, PhaseLimits
+    from bench.measure import default_launcher
+    from bench.records import CeilingJob
+
+    assert default_launcher("cpu") == "forkserver" and default_launcher("cuda:0") == "subprocess"
+    launcher = ForkServerLauncher()
+    try:
+        assert launcher.launch(CeilingJob("cpu", []), {"NECTARGAN_T": "a"}, PhaseLimits(60, 60)).status == "ok"
+        start = time.perf_counter()
+        assert launcher.launch(CeilingJob("cpu", []), {"NECTARGAN_T": "b"}, PhaseLimits(60, 60)).status == "ok"
+        assert time.perf_counter() - start < 2.0  # a fork, not an import of torch (about 3-10 s here)
+
+        pids: list[int] = []
+
+        def kill_when_busy() -> None:
+            deadline = time.monotonic() + 30
+            while not launcher._busy and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for child in list(launcher._busy):
+                pids.append(child.proc.pid)
+                os.kill(child.proc.pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_when_busy)
+        killer.start()
+        envelope = launcher.launch(CeilingJob("cpu", ["fp32"]), {"NECTARGAN_T": "c"}, PhaseLimits(60, 60))
+        killer.join()
+        assert envelope.status == "error" and "died of signal SIGKILL" in envelope.error, envelope.error
+        assert len(pids) == 1
+        assert not Path(f"/proc/{pids[0]}").exists() or _zombie(pids[0])  # gone (or only awaiting its reaper)
+    finally:
+        launcher.close()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
