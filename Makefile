@@ -25,4 +25,4 @@ demo: setup
 
 test: setup
 	@.venv/bin/ruff check nectargan bench studies cli tests
-	@.venv/bin/python -m pytest
+	@.venv/bin/python -m pytest --durations=15

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bench.child import (
     ENVELOPE_PREFIX,
@@ -216,7 +216,7 @@ class _ForkedChild(_Child):
         import tempfile
 
         self.env = env
-        context = _fork_server()
+        context = fork_context()
         handle, self._stderr_path = tempfile.mkstemp(prefix="nectargan-child-", suffix=".log")
         os.close(handle)
         # two one-way pipes: closing the job pipe's end is the child's EOF even while a thread here is
@@ -279,19 +279,23 @@ class _ForkedChild(_Child):
 
 
 _FORK_SERVER_LOCK = threading.Lock()
-_FORK_SERVER: object | None = None
+_FORK_SERVER: Any = None
 
 
-def _fork_server():
-    """The ``forkserver`` multiprocessing context, its server preloaded with torch, dynamo and the
-    measuring code (once per process; the server lives as long as this process)."""
+def fork_context(preload: tuple[str, ...] = ()) -> Any:
+    """The multiprocessing context for processes that must start fast: ``forkserver``, its server
+    preloaded with torch, dynamo, the measuring code and ``preload`` (modules of the caller's layer, such
+    as the study objective; effective only for the call that starts the server), started once per process
+    on first use and living as long as it; or ``spawn`` where fork is unavailable."""
     global _FORK_SERVER
     import multiprocessing
 
     with _FORK_SERVER_LOCK:
         if _FORK_SERVER is None:
+            if not fork_server_available():
+                return multiprocessing.get_context("spawn")
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(list(PRELOAD))
+            context.set_forkserver_preload([*PRELOAD, *preload])
             _FORK_SERVER = context
         return _FORK_SERVER
 

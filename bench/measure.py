@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -237,12 +236,12 @@ class MeasuredPlan:
         write_json_atomic(directory / ENV_FILE, env)
 
     def _env(self, device: str) -> tuple[str, dict[str, str]]:
-        """The measuring child's device and environment. Its Inductor cache is, first found: the
-        ``inductor_cache`` option, ``TORCHINDUCTOR_CACHE_DIR`` of this process (one cache for every run
-        of a host, as the GPU check sets it), else the run folder's own ``DIR/inductor-cache``."""
+        """The measuring child's device and environment. Its Inductor cache is the ``inductor_cache``
+        option (one cache shared by several runs, as the GPU check's phases share one), else the run
+        folder's own ``DIR/inductor-cache``. (Not TORCHINDUCTOR_CACHE_DIR of this process: torch writes
+        its default there on first use, which would silently replace the run's own cache.)"""
         job_device, env = self.launcher.place(device)
-        cache = Path(self.options.inductor_cache or os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-                     or self.directory / INDUCTOR_CACHE)
+        cache = Path(self.options.inductor_cache or self.directory / INDUCTOR_CACHE)
         return job_device, env | {"TORCHINDUCTOR_CACHE_DIR": str(cache.resolve())}
 
     def _measure_ceilings(self) -> dict[str, dict[str, float]]:

@@ -106,9 +106,11 @@ def toml_value(value: object) -> str:
 
 
 def write_grid(name: str, out: Path, cpu: bool) -> Path:
-    """The grid as the check runs it: never a warm-compile child; on the CPU, shrunk (see TINY_*)."""
+    """The grid as the check runs it: the check's one Inductor cache, never a warm-compile child; on the
+    CPU, shrunk (see TINY_*)."""
     data = tomllib.loads((ROOT / "bench" / "grids" / f"{name}.toml").read_text())
-    measure = dict(data.get("measure", {})) | {"warm_compile": False}
+    measure = dict(data.get("measure", {})) | {"warm_compile": False,
+                                                 "inductor_cache": os.environ["TORCHINDUCTOR_CACHE_DIR"]}
     grid = dict(data.get("grid", {}))
     if cpu:
         grid |= TINY_GRID | {"batch_size": [max(2, b // 4) for b in grid.get("batch_size", [1])]}

@@ -16,6 +16,7 @@ import pytest
 
 from bench.grid import parse_grid
 from cli import main
+from studies.storage import open_storage
 
 GRID = """
 [grid]
@@ -235,7 +236,7 @@ def test_study_workers_on_postgresql_end_with_n_trials_after_one_is_killed(kind,
         driver.join(timeout=240)
         assert not driver.is_alive(), "the study did not finish"
         assert "summary" in outcome, "run_study raised (see the captured log)"
-        trials = optuna.load_study(study_name=name, storage=postgres_url).trials
+        trials = optuna.load_study(study_name=name, storage=open_storage(postgres_url)).trials
         states = [t.state for t in trials]
         assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.WAITING not in states
         ended = [t for t in trials if t.user_attrs.get(ENDED_ATTR)]
@@ -252,8 +253,10 @@ def test_study_workers_on_postgresql_end_with_n_trials_after_one_is_killed(kind,
         driver.join(timeout=5)
 
 
-def _kill_a_running_trial(name: str, driver: threading.Thread, storage: str) -> int:
-    """SIGKILL the worker process of the first trial seen RUNNING (mid-training); its number."""
+def _kill_a_running_trial(name: str, driver: threading.Thread, url: str) -> int:
+    """SIGKILL the worker process of the first trial seen RUNNING (mid-training); its number. The storage
+    is opened as the harness opens it (under the schema lock): the driver may be creating the schema."""
+    storage = open_storage(url)
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

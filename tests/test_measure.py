@@ -99,8 +99,9 @@ def test_a_crash_or_hang_costs_only_its_own_configuration(tmp_path, fault_child,
                  "hang_in_blocks": {"name": "-f6-", "layout": "channels_last"},
                  "hang": {"name": "-f8-", "layout": "channels_last"}})
     started = []
-    child = bench.launcher._Child
-    monkeypatch.setattr(bench.launcher, "_Child", lambda env: started.append(1) or child(env))
+    child = bench.launcher.SubprocessLauncher.child_type
+    monkeypatch.setattr(bench.launcher.SubprocessLauncher, "child_type",
+                        staticmethod(lambda env: started.append(1) or child(env)))
     text = """
 [grid]
 n_downs = [3]
