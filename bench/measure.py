@@ -329,8 +329,9 @@ class MeasuredPlan:
         become invalid rows).
 
         With ``emit``, each group's rows go out as soon as the child reports the group, so a sweep killed
-        later keeps them. Rows that still wait for a figure are held: compiled rows when a warm-compile
-        child follows, and every row when the largest batch is probed after all groups.
+        later keeps them. Rows that still wait for a figure are held: a compiled step's row until its check
+        (which compiles again, after the group's timing), compiled rows when a warm-compile child follows,
+        and every row when the largest batch is probed after all groups.
         """
         options = self.options
         rows: list[Row] = []
@@ -351,7 +352,8 @@ class MeasuredPlan:
         def stream(measured: list[RawMeasurement]) -> None:
             if emit is None or options.max_batch:
                 return
-            ready = [r for r in measured if r.config in runnable and not (r.config.compiled and options.warm_compile)]
+            ready = [r for r in measured if r.config in runnable and not (r.config.compiled and options.warm_compile)
+                     and (r.check or not r.config.checks_step)]  # a compiled step's row waits for its check
             if ready:
                 emit([self._ok_row(spec, r, device, flops, None) for r in ready])
 

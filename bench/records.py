@@ -65,6 +65,12 @@ class MeasureConfig:
         return self.mode == BASELINE_MODE
 
     @property
+    def checks_step(self) -> bool:
+        """A compiled training step: its check compares a compiled step with an eager one, compiling again,
+        so the child runs it after the group's timing and reports it apart (see bench.workload)."""
+        return self.compiled and self.task != "infer"
+
+    @property
     def label(self) -> str:
         """``train/compile/fp32/nchw`` (with ``/b1`` etc. only where it says something)."""
         return f"{self.task}/{self.mode}/{self.precision}/{self.layout}"
