@@ -30,7 +30,7 @@ NUMERIC = ("params", "gflops", "train_img_per_s", "peak_mem_mib", "val_l1", "val
            "infer_img_per_s", "infer_ms")
 ROOT = Path(__file__).resolve().parents[1]
 # Rounds of three processes opening an empty PostgreSQL database at once (10 by hand: NECTARGAN_RACE_ROUNDS=10).
-RACE_ROUNDS = int(os.environ.get("NECTARGAN_RACE_ROUNDS", 4))
+RACE_ROUNDS = int(os.environ.get("NECTARGAN_RACE_ROUNDS", 3))
 FAST_TIMING = "infer_blocks = 3\ninfer_min_block_s = 0.005"
 
 
