@@ -134,9 +134,15 @@ def sweep(
     ] = None,
     blocks: Annotated[int | None, typer.Option(help="Timed blocks per measurement (default 5).")] = None,
     min_block_s: Annotated[float | None, typer.Option(help="Minimum seconds per timed block (default 0.2).")] = None,
-    launcher: Annotated[str | None, typer.Option(help="subprocess (isolated, default) or inline (debugging).")] = (
-        None
-    ),
+    launcher: Annotated[str | None, typer.Option(
+        help="forkserver (CPU default: children forked from a preloaded server), subprocess (CUDA default) or "
+        "inline (debugging).")] = None,
+    d_layers: Annotated[int | None, typer.Option(help="gan_train: PatchGAN layers (default 3).")] = None,
+    d_features: Annotated[int | None, typer.Option(help="gan_train: PatchGAN features (default 64).")] = None,
+    warm_compile: Annotated[bool | None, typer.Option(
+        help="Also time a compiled row's first call in a fresh child with the filled cache (default on).")] = None,
+    inductor_cache: Annotated[str | None, typer.Option(
+        help="Inductor cache folder shared by runs (default: the run folder's inductor-cache).")] = None,
     max_batch: Annotated[
         int | None, typer.Option(help="Also find the largest batch that fits, halving from N (column max_batch).")
     ] = None,
@@ -179,7 +185,8 @@ def sweep(
     options = measure_options(loaded, device, task=task, mode=mode, precision=precision, layout=layout,
                               threads=threads, timeout_s=timeout, block_timeout_s=block_timeout,
                               cpu_mkldnn=cpu_mkldnn, blocks=blocks, min_block_s=min_block_s,
-                              launcher=launcher, max_batch=max_batch)
+                              launcher=launcher, max_batch=max_batch, d_layers=d_layers, d_features=d_features,
+                              warm_compile=warm_compile, inductor_cache=inductor_cache)
     where = executor_settings(loaded.executor, loaded.source, executor, address=address, partition=partition,
                               account=account, time_min=time_min, mem_gb=mem_gb, gpus_per_task=gpus_per_task,
                               cpus_per_task=cpus_per_task, array_parallelism=array_parallelism, sbatch=sbatch,

@@ -103,3 +103,25 @@ def test_shards_are_disjoint_and_cover_the_grid():
 def test_bad_shard(text):
     with pytest.raises(GridError, match=f"shard {text!r} is not valid"):
         parse_shard(text)
+
+
+def test_measure_options_are_named_alike_everywhere():
+    """Every MeasureOptions field is a [measure] key, a sweep flag and in the README's list (the plural
+    fields are the singular keys and repeatable flags), and nothing else is."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from bench.grid import MEASURE_KEYS
+    from bench.measure import MeasureOptions
+    from cli.sweep import sweep
+
+    plural = {"tasks": "task", "modes": "mode", "precisions": "precision", "layouts": "layout"}
+    keys = [plural.get(f.name, f.name) for f in dataclasses.fields(MeasureOptions)]
+    assert sorted(keys) == sorted(MEASURE_KEYS)
+    flags = {"timeout_s": "timeout", "block_timeout_s": "block_timeout"}
+    parameters = set(sweep.__code__.co_varnames[: sweep.__code__.co_argcount])
+    assert {flags.get(k, k) for k in keys} <= parameters
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = re.search(r"Options come from the grid's `\[measure\]` table \((.*?)\)", readme, re.S).group(1)
+    assert sorted(re.findall(r"`(\w+)`", listed)) == sorted(MEASURE_KEYS)
