@@ -523,10 +523,9 @@ def _quartiles(blocks: Any, calls: Any) -> tuple[float, float] | None:
     """(q1, q3) of the per-call seconds over a row's timed blocks."""
     if not isinstance(blocks, list) or len(blocks) < 2 or not calls or pd.isna(calls):
         return None
-    import statistics
+    from bench.timing import Measurement
 
-    q1, _, q3 = statistics.quantiles([b / calls for b in blocks], n=4, method="inclusive")
-    return q1, q3
+    return Measurement(block_s=list(blocks), calls_per_block=int(calls)).quartiles_s
 
 
 def compare_measured(rows_a: list[Row], rows_b: list[Row], threshold: float | None = None) -> pd.DataFrame:

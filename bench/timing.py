@@ -63,6 +63,11 @@ class CudaEventTimer:
         return start.elapsed_time(end) / 1000.0
 
 
+def default_timer(device: object) -> BlockTimer:
+    """CUDA events on a GPU (``device.type == "cuda"``), ``perf_counter`` elsewhere: the one choice of timer."""
+    return CudaEventTimer(device) if getattr(device, "type", None) == "cuda" else PerfCounterTimer()
+
+
 @dataclass
 class Measurement:
     """Raw block times (seconds) of one workload and the calls per block; statistics derive from them."""
@@ -79,11 +84,17 @@ class Measurement:
         return statistics.median(self.per_call_s)
 
     @property
-    def iqr_s(self) -> float:
+    def quartiles_s(self) -> tuple[float, float]:
+        """(q1, q3) of the per-call seconds (both the one sample when there is only one)."""
         samples = self.per_call_s
         if len(samples) < 2:
-            return 0.0
+            return (samples[0], samples[0]) if samples else (0.0, 0.0)
         q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+        return q1, q3
+
+    @property
+    def iqr_s(self) -> float:
+        q1, q3 = self.quartiles_s
         return q3 - q1
 
     @property

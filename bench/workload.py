@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from bench.baseline import nectargan_g_step, nectargan_gan_step
 from bench.energy import EnergyTimer, open_meter
 from bench.records import COMPILE_MODES, MeasureConfig, RawMeasurement
-from bench.timing import CudaEventTimer, PerfCounterTimer, measure_interleaved
+from bench.timing import default_timer, measure_interleaved
 from bench.variant import VariantSpec
 from nectargan.runtime import autocast, autocast_dtype, dynamo_counts, set_tf32
 from nectargan.train.config import Resolved, TrainConfig
@@ -163,10 +163,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timer(device: torch.device):
-    return CudaEventTimer(device) if device.type == "cuda" else PerfCounterTimer()
-
-
 def _first_call(workload: Workload, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
@@ -213,7 +209,7 @@ def measure_group(
         _sync(device)
         workloads[cfg] = workload
 
-    timer, on_phase, energy = _timer(device), progress, None
+    timer, on_phase, energy = default_timer(device), progress, None
     meter = open_meter(device)
     if meter is not None:
         energy = EnergyTimer(timer, meter)
@@ -434,7 +430,7 @@ def matmul_ceiling(device: torch.device, precision: str, min_block_s: float = 0.
     for fn, _flops in work.values():
         fn()
         fn()
-    results = measure_interleaved({k: fn for k, (fn, _) in work.items()}, _timer(device), blocks=3,
+    results = measure_interleaved({k: fn for k, (fn, _) in work.items()}, default_timer(device), blocks=3,
                                   min_block_s=min_block_s)
     return max(flops / results[k].median_s / 1e12 for k, (_, flops) in work.items())
 

@@ -34,7 +34,6 @@ from studies.space import contains
 BASELINE_ATTR = "baseline"
 MAX_ATTEMPTS = 3  # baseline trials a study may enqueue in all (each resume adds one while none completed)
 ARCH_KEYS = ("n_downs", "features", "block_type", "upconv_type", "use_dropout_layers")
-TRAIN_KEYS = ("lr", "beta1", "lambda_l1")
 
 
 def baseline_n_downs(input_size: int, most: int | None = None) -> int | None:

@@ -123,6 +123,10 @@ class StudyConfig:
         return len(self.objectives) > 1
 
 
+# The defaults of a config key left out: StudyConfig's own (written once, there).
+_D = StudyConfig(name="", objectives=[], space={})
+
+
 def load_study_config(config: str | Path) -> StudyConfig:
     """Read and validate a study config (a path or a built-in config name)."""
     file = read_toml(config, BUILTIN, "study config", StudyConfigError)
@@ -173,11 +177,11 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
             )
     if len(set(objectives)) != len(objectives):
         raise StudyConfigError(f"{where}: [study].objectives lists an objective twice")
-    sampler = study.get("sampler", "tpe")
+    sampler = study.get("sampler", _D.sampler)
     if sampler not in SAMPLERS:
         raise StudyConfigError(f"{where}: [study].sampler = {sampler!r}{did_you_mean(str(sampler), SAMPLERS)}; "
                                f"valid: {', '.join(SAMPLERS)}")
-    pruner = study.get("pruner", "median" if len(objectives) == 1 else "none")
+    pruner = study.get("pruner", _D.pruner if len(objectives) == 1 else "none")
     if pruner not in PRUNERS:
         raise StudyConfigError(f"{where}: [study].pruner = {pruner!r}{did_you_mean(str(pruner), PRUNERS)}; "
                                f"valid: {', '.join(PRUNERS)}")
@@ -208,18 +212,19 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
             raise StudyConfigError(f"{where}: {key} is both searched ([space]) and fixed ([fixed]); keep one")
     constraints = {k: _number(f"{where}: [constraints].{k}", v, minimum=0) for k, v in constraints_t.items()}
 
-    steps = budget.get("steps", 200 if "seconds" not in budget else None)
+    steps = budget.get("steps", _D.steps if "seconds" not in budget else None)
     seconds = budget.get("seconds")
     if steps is not None:
         _number(f"{where}: [budget].steps", steps, int, 1)
     if seconds is not None:
         _number(f"{where}: [budget].seconds", seconds, float, 0.001)
-    eval_every = _number(f"{where}: [budget].eval_every", budget.get("eval_every", 50), int, 1)
+    eval_every = _number(f"{where}: [budget].eval_every", budget.get("eval_every", _D.eval_every), int, 1)
     timeout = budget.get("trial_timeout_s")
     if timeout is not None:
         _number(f"{where}: [budget].trial_timeout_s", timeout, float, 0.001)
-    infer_blocks = _number(f"{where}: [budget].infer_blocks", budget.get("infer_blocks", 3), int, 1)
-    infer_min_block_s = number(f"{where}: [budget].infer_min_block_s", budget.get("infer_min_block_s", 0.1),
+    infer_blocks = _number(f"{where}: [budget].infer_blocks", budget.get("infer_blocks", _D.infer_blocks),
+                           int, 1)
+    infer_min_block_s = number(f"{where}: [budget].infer_min_block_s", budget.get("infer_min_block_s", _D.infer_min_block_s),
                                StudyConfigError, above=0)
     baseline = study.get("baseline", True)
     if not isinstance(baseline, bool):
@@ -236,7 +241,7 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
     if task is not None and task not in TASKS:
         raise StudyConfigError(f"{where}: [data].task = {task!r}{did_you_mean(str(task), TASKS)}; "
                                f"valid: {', '.join(TASKS)}")
-    path = data_t.get("path", "results/data/edges2photo-64")
+    path = data_t.get("path", _D.data_path)
     if not isinstance(path, str) or not path:
         raise StudyConfigError(f"{where}: [data].path must be a folder path")
     return StudyConfig(
@@ -247,13 +252,13 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
         constraints=constraints,
         sampler=sampler,
         pruner=pruner,
-        seed=_number(f"{where}: [study].seed", study.get("seed", 0), int),
-        n_trials=_number(f"{where}: [study].n_trials", study.get("n_trials", 6), int, 1),
+        seed=_number(f"{where}: [study].seed", study.get("seed", _D.seed), int),
+        n_trials=_number(f"{where}: [study].n_trials", study.get("n_trials", _D.n_trials), int, 1),
         data_path=path,
         data_task=task,
-        data_size=_number(f"{where}: [data].size", data_t.get("size", fixed.get("input_size", 64)), int, 32),
-        data_count=_number(f"{where}: [data].count", data_t.get("count", 200), int, 3),
-        data_seed=_number(f"{where}: [data].seed", data_t.get("seed", 0), int),
+        data_size=_number(f"{where}: [data].size", data_t.get("size", fixed.get("input_size", _D.data_size)), int, 32),
+        data_count=_number(f"{where}: [data].count", data_t.get("count", _D.data_count), int, 3),
+        data_seed=_number(f"{where}: [data].seed", data_t.get("seed", _D.data_seed), int),
         steps=steps,
         seconds=seconds,
         eval_every=eval_every,

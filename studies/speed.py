@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bench.timing import BlockTimer, CudaEventTimer, Measurement, PerfCounterTimer, measure_interleaved
+from bench.timing import BlockTimer, Measurement, default_timer, measure_interleaved
 from nectargan.train.config import Resolved
 
 WARMUP_CALLS = {"compile": 3, "eager": 1}  # compiling (and autotuning) happens in the warm-up
@@ -34,10 +34,6 @@ WARMUP_CALLS = {"compile": 3, "eager": 1}  # compiling (and autotuning) happens 
 
 def inference_mode(device: torch.device) -> str:
     return "compile" if device.type == "cuda" else "eager"
-
-
-def default_timer(device: torch.device) -> BlockTimer:
-    return CudaEventTimer(device) if device.type == "cuda" else PerfCounterTimer()
 
 
 def measure_inference(

@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,18 +44,6 @@ CPU_PRELOAD_BYTES = 2 * 2**30
 
 
 EVENTS = ("on_log", "on_eval", "on_end")
-
-
-class Callback(Protocol):
-    """A callback object; any of the three methods may be left out.
-
-    A plain function ``f(event, payload)`` is also a callback: it receives every event, ``event``
-    being ``'on_log'``, ``'on_eval'`` or ``'on_end'`` and ``payload`` the same dict.
-    """
-
-    def on_log(self, record: dict[str, Any]) -> None: ...
-    def on_eval(self, record: dict[str, Any]) -> None: ...
-    def on_end(self, summary: dict[str, Any]) -> None: ...
 
 
 class NonFiniteLossError(NectarGANError):
