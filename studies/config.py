@@ -224,7 +224,8 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
         _number(f"{where}: [budget].trial_timeout_s", timeout, float, 0.001)
     infer_blocks = _number(f"{where}: [budget].infer_blocks", budget.get("infer_blocks", _D.infer_blocks),
                            int, 1)
-    infer_min_block_s = number(f"{where}: [budget].infer_min_block_s", budget.get("infer_min_block_s", _D.infer_min_block_s),
+    infer_min_block_s = number(f"{where}: [budget].infer_min_block_s",
+                               budget.get("infer_min_block_s", _D.infer_min_block_s),
                                StudyConfigError, above=0)
     baseline = study.get("baseline", True)
     if not isinstance(baseline, bool):
