@@ -42,6 +42,7 @@ from bench.child import (
 )
 from bench.records import Envelope, Job, ProgressNote, RawMeasurement, job_to_json
 from nectargan.errors import NectarGANError
+from nectargan.runtime import Device
 
 # The measuring child's command line (tests point it at a wrapper that injects faults).
 CHILD_COMMAND = [sys.executable, "-m", "bench.child"]
@@ -331,9 +332,9 @@ class SubprocessLauncher:
         self._lock = threading.Lock()
 
     def place(self, device: str) -> tuple[str, dict[str, str]]:
-        if device.startswith("cuda"):
-            index = int(device.partition(":")[2] or 0)
-            return "cuda:0", {"CUDA_VISIBLE_DEVICES": _physical_gpu(index)}
+        parsed = Device.parse(device)
+        if parsed.cuda:
+            return "cuda:0", {"CUDA_VISIBLE_DEVICES": _physical_gpu(parsed.index or 0)}
         return device, {}
 
     def launch(self, job: Job, env: dict[str, str], limits: PhaseLimits, fresh: bool = False,

@@ -36,7 +36,7 @@ from bench.store import JsonlStore, Row
 from bench.sweep import STATIC_KIND, EmitRows, StaticPlan, SweepPlan, base_row, static_key, static_row
 from bench.variant import VariantSpec
 from nectargan.errors import NectarGANError
-from nectargan.runtime import precision_reason, resolve_devices
+from nectargan.runtime import Device, default_layouts, default_precision, precision_reason, resolve_devices
 from nectargan.train.config import TrainConfig
 
 MEASURE_KIND = "measure"
@@ -77,7 +77,7 @@ DEFAULT_CPU_LAUNCHER = "forkserver"
 def default_launcher(device: str) -> str:
     from bench.launcher import fork_server_available
 
-    if device.startswith("cuda") or not fork_server_available():
+    if Device.parse(device).cuda or not fork_server_available():
         return "subprocess"
     return DEFAULT_CPU_LAUNCHER
 
@@ -100,8 +100,10 @@ def measure_options(grid: Grid, device: str | None = None, **overrides: Any) -> 
     for key, value in given.items():
         check_measure_value(key, value, f"measure option {key}")
     table = dict(grid.measure) | given
-    device = str(device or _single(table.get("device", "cpu")))
-    cuda = device.startswith("cuda")
+    parsed = Device.parse(device or _single(table.get("device", "cpu")))
+    if parsed.kind == "auto":  # decided here, first, so that the defaults below are this device's
+        parsed = Device.parse(parsed.resolve()[0].partition(":")[0])
+    device = parsed.label
     if table.get("launcher", "subprocess") not in LAUNCHERS:
         raise NectarGANError(f"launcher={table['launcher']!r} is not valid: use {', '.join(LAUNCHERS)}")
     table.setdefault("launcher", default_launcher(device))
@@ -112,8 +114,8 @@ def measure_options(grid: Grid, device: str | None = None, **overrides: Any) -> 
     return MeasureOptions(
         tasks=_listed(table.get("task", ["infer", "train"])),
         modes=_listed(table.get("mode", ["eager", "compile"])),
-        precisions=_listed(table.get("precision", ["bf16"] if cuda else ["fp32"])),
-        layouts=_listed(table.get("layout", ["nchw", "channels_last"] if cuda else ["nchw"])),
+        precisions=_listed(table.get("precision", [default_precision(parsed)])),
+        layouts=_listed(table.get("layout", default_layouts(parsed))),
         device=device, **keep,
     )
 

@@ -14,6 +14,7 @@ import torch
 
 from bench.records import MeasureConfig
 from bench.variant import VariantSpec
+from nectargan.runtime import Device
 
 WARMUP_CALLS = 3
 
@@ -73,7 +74,7 @@ def _device_us(event) -> float:
 def trace_markdown(trace: Trace) -> str:
     """``profile.md``: what the trace measured and its top kernels with their share of the step."""
     cfg = trace.config
-    what = "GPU kernels by their own device time" if trace.device.startswith("cuda") else \
+    what = "GPU kernels by their own device time" if Device.parse(trace.device).cuda else \
         "CPU operators by their own CPU time"
     lines = [
         f"# Where a step of {trace.spec.name} spends its time", "",

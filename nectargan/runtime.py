@@ -14,6 +14,7 @@ Precisions: ``fp32`` (TF32 off), ``tf32`` (fp32 tensors, TF32 matmuls and convol
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 
@@ -52,32 +53,92 @@ def precision_reason(precision: str, device: torch.device | str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Device:
+    """A device name, parsed once (see the module docstring for the grammar): what it names, before the
+    machine is asked. ``kind`` is ``auto``, ``cpu`` or ``cuda``; ``index`` is N of ``cuda:N``; ``all``
+    is ``cuda:all``. Everything else that needs to know what a device string means asks this."""
+
+    kind: str
+    index: int | None = None
+    all: bool = False
+
+    @classmethod
+    def parse(cls, name: object) -> Device:
+        """Raises :class:`InvalidArgumentError` for anything outside the grammar."""
+        if isinstance(name, Device):
+            return name
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"device={name!r} is not valid: use {DEVICE_FORMS}")
+        if name in ("auto", "cpu"):
+            return cls(name)
+        kind, _, index = name.partition(":")
+        if kind != "cuda" or (index and index != "all" and not index.isdigit()):
+            raise InvalidArgumentError(f"device={name!r} is not valid: use {DEVICE_FORMS}")
+        return cls("cuda", int(index) if index.isdigit() else None, index == "all")
+
+    @property
+    def label(self) -> str:
+        """The name back: ``cpu``, ``cuda``, ``cuda:1``, ``cuda:all``, ``auto``."""
+        if self.kind != "cuda":
+            return self.kind
+        return "cuda:all" if self.all else (f"cuda:{self.index}" if self.index is not None else "cuda")
+
+    @property
+    def cuda(self) -> bool:
+        """Names a GPU. (``auto`` is decided by :meth:`resolve`.)"""
+        return self.kind == "cuda"
+
+    def resolve(self) -> list[str]:
+        """The concrete devices on this machine, e.g. ``['cuda:0', 'cuda:1']`` for ``cuda:all``.
+
+        Raises:
+            InvalidArgumentError: a CUDA device that is not there.
+        """
+        if self.kind == "auto":
+            return ["cuda:0" if torch.cuda.is_available() else "cpu"]
+        if self.kind == "cpu":
+            return ["cpu"]
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(
+                f"device={self.label!r}: CUDA is not available on this machine (torch {torch.__version__}); use "
+                "device 'cpu'"
+            )
+        count = torch.cuda.device_count()
+        if self.all:
+            return [f"cuda:{i}" for i in range(count)]
+        number = self.index or 0
+        if number >= count:
+            raise InvalidArgumentError(f"device={self.label!r}: only {count} CUDA device(s) are visible")
+        return [f"cuda:{number}"]
+
+
 def resolve_devices(name: str) -> list[str]:
     """A device name (see the module docstring) -> the concrete devices, e.g. ``['cuda:0', 'cuda:1']``.
 
     Raises:
         InvalidArgumentError: for a malformed name, or a CUDA device that is not there.
     """
-    if not isinstance(name, str) or not name:
-        raise InvalidArgumentError(f"device={name!r} is not valid: use {DEVICE_FORMS}")
-    if name == "auto":
-        return ["cuda:0" if torch.cuda.is_available() else "cpu"]
-    if name == "cpu":
-        return ["cpu"]
-    kind, _, index = name.partition(":")
-    if kind != "cuda" or (index and index != "all" and not index.isdigit()):
-        raise InvalidArgumentError(f"device={name!r} is not valid: use {DEVICE_FORMS}")
-    if not torch.cuda.is_available():
-        raise InvalidArgumentError(
-            f"device={name!r}: CUDA is not available on this machine (torch {torch.__version__}); use device 'cpu'"
-        )
-    count = torch.cuda.device_count()
-    if index == "all":
-        return [f"cuda:{i}" for i in range(count)]
-    number = int(index or 0)
-    if number >= count:
-        raise InvalidArgumentError(f"device={name!r}: only {count} CUDA device(s) are visible")
-    return [f"cuda:{number}"]
+    return Device.parse(name).resolve()
+
+
+def default_precision(device: Device | str) -> str:
+    """What runs fastest by default: bf16 on a GPU that has it, fp32 elsewhere (train and sweeps alike)."""
+    parsed = Device.parse(device)
+    if parsed.kind == "auto":
+        parsed = Device.parse(parsed.resolve()[0])
+    if not parsed.cuda:
+        return "fp32"
+    # a GPU this machine does not have (a cluster's driver): assume bf16, as every GPU since Ampere has it
+    return "bf16" if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else "fp32"
+
+
+def default_layouts(device: Device | str) -> list[str]:
+    """Memory layouts measured by default: both on a GPU (channels_last usually wins there), NCHW on the CPU."""
+    parsed = Device.parse(device)
+    if parsed.kind == "auto":
+        parsed = Device.parse(parsed.resolve()[0])
+    return ["nchw", "channels_last"] if parsed.cuda else ["nchw"]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.tomlfile import number
 from nectargan.errors import NectarGANError, did_you_mean
+from nectargan.runtime import Device
 
 EXECUTORS = ("local", "slurm", "ray")
 COMMON_KEYS = ("kind", "max_retries", "gpus_per_task", "cpus_per_task")
@@ -73,7 +74,7 @@ class ExecutorConfig:
         """GPUs each task asks for: the setting, else one for a CUDA device and none for the CPU."""
         if self.gpus_per_task is not None:
             return self.gpus_per_task
-        return 1 if device.startswith("cuda") else 0
+        return 1 if Device.parse(device).cuda else 0
 
     def sbatch_parameters(self) -> dict[str, Any]:
         """``--name=value`` / ``--flag`` -> submitit's ``slurm_additional_parameters``."""
@@ -200,11 +201,12 @@ def remote_device(device: str, kind: str) -> str:
 
     ``cuda:N`` and ``cuda:all`` name GPUs of this machine and mean nothing on a cluster node.
     """
-    if device == "cpu":
+    parsed = Device.parse(device)
+    if parsed.kind == "cpu":
         return "cpu"
-    if device in ("cuda", "cuda:0"):
+    if parsed.cuda and not parsed.all and not parsed.index:
         return "cuda:0"
-    if device == "auto":
+    if parsed.kind == "auto":
         raise ExecutorError(f"device 'auto' is decided on each node; with executor {kind!r} name it: cuda (one "
                             "GPU per task) or cpu")
     raise ExecutorError(f"device {device!r} names GPUs of this machine; with executor {kind!r} each task gets its "
@@ -214,7 +216,7 @@ def remote_device(device: str, kind: str) -> str:
 def check_gpus(config: ExecutorConfig, device: str) -> int:
     """GPUs per task for ``device`` ("cpu" or "cuda"); a CUDA run with none is refused up front."""
     gpus = config.gpus(device)
-    if device.startswith("cuda") and gpus == 0:
+    if Device.parse(device).cuda and gpus == 0:
         raise ExecutorError(f"device {device!r} with gpus_per_task = 0: each task would find no GPU; use "
                             "gpus_per_task >= 1, or device cpu")
     return gpus

@@ -129,7 +129,7 @@ def resolve(config: TrainConfig) -> Resolved:
     cuda = device.type == "cuda"
     precision = config.precision
     if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        precision = runtime.default_precision(str(device))
     if precision in runtime.CUDA_ONLY_PRECISIONS and not cuda:
         raise InvalidArgumentError(f"precision={precision!r} needs CUDA; on the CPU use fp32 or bf16")
     return Resolved(
