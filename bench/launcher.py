@@ -359,8 +359,10 @@ class SubprocessLauncher:
         if envelope.status == "ok" and child.alive() and not fresh:
             with self._lock:
                 self._children[key] = child
+        elif envelope.status == "ok" and child.alive():
+            child.close()  # a healthy one-job child ends by itself (and releases what it holds)
         else:
-            child.kill()  # never measure again in a process that failed (or one kept clean for a warm compile)
+            child.kill()  # never measure again in a process that failed
         return envelope
 
     def close(self) -> None:
