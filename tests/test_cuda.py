@@ -38,6 +38,9 @@ from cli import main
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from gpu_check import toml_value  # noqa: E402 - the GPU check's own TOML writer (scripts/ is not a package)
+
 MIB = 2**20
 FAST = ["--quiet", "--min-block-s", "0.02", "--blocks", "3"]
 # Largest max_rel_err (output against eager fp32) expected for each precision; err_flag is True above it.
@@ -61,27 +64,13 @@ QUICK = os.environ.get("NECTARGAN_CUDA_QUICK") == "1"
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {value!r}")
-
-
 def _grid(path: Path, axes: dict[str, list], include: list[dict] | None = None, **measure: Any) -> Path:
     """Write a grid: ``[grid]`` axes (always some: a grid of only ``include`` entries also yields the
     all-defaults variant), optional ``include`` entries, and a ``[measure]`` table."""
-    lines = ["[grid]", *(f"{k} = {_toml(v)}" for k, v in axes.items())]
+    lines = ["[grid]", *(f"{k} = {toml_value(v)}" for k, v in axes.items())]
     if include:
-        lines.append(f"include = {_toml(include)}")
-    lines += ["", "[measure]", *(f"{k} = {_toml(v)}" for k, v in measure.items())]
+        lines.append(f"include = {toml_value(include)}")
+    lines += ["", "[measure]", *(f"{k} = {toml_value(v)}" for k, v in measure.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
 
