@@ -19,6 +19,9 @@ from typing import Any
 from nectargan.errors import NectarGANError
 
 RESULTS_FILE = "results.jsonl"
+# The row format's version (each row's "schema"). Adding a column needs no bump: readers fill it with NA
+# for older rows. Renaming or re-keying does, with a reader for the older rows (see ARCHITECTURE.md).
+SCHEMA_VERSION = 1
 RUNS_ROOT = Path("results/runs")  # where generated run folders go by default (git-ignored)
 Row = dict[str, Any]
 
@@ -122,6 +125,11 @@ class JsonlStore:
                 raise NectarGANError(f"{self.path}: line {number} is not valid JSON") from None
             if not isinstance(row, dict) or "key" not in row:
                 raise NectarGANError(f"{self.path}: line {number} is not a result row (no 'key')")
+            schema = row.get("schema", SCHEMA_VERSION)
+            if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+                raise NectarGANError(f"{self.path}: line {number} has row schema {schema!r}, newer than the "
+                                     f"{SCHEMA_VERSION} this nectargan-bench reads; read it with the version "
+                                     "that wrote it (env.json names its git commit), or upgrade")
             yield row
 
     def iter_rows(self) -> Iterator[Row]:

@@ -22,11 +22,10 @@ from typing import Protocol
 from bench.env import ENV_FILE, collect_env, read_env, write_json_atomic
 from bench.grid import Grid, shard
 from bench.profile import profile_static
-from bench.store import RESULTS_FILE, JsonlStore, Row, new_run_dir
+from bench.store import RESULTS_FILE, SCHEMA_VERSION, JsonlStore, Row, new_run_dir
 from bench.variant import VariantSpec
 from nectargan.errors import NectarGANError
 
-SCHEMA_VERSION = 1
 STATIC_KIND = "static"
 LOCK_FILE = ".lock"
 CLUSTER_STATE = "executor.json"  # a sweep sent to Slurm (bench.executors.slurm): its folder holds shards

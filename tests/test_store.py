@@ -63,3 +63,15 @@ def test_merged_rows(tmp_path):
     assert {r["key"]: r["v"] for r in merged_rows([tmp_path / "x", tmp_path / "y"])} == {"a": 3, "b": 2}
     with pytest.raises(NectarGANError, match=r"holds no results\.jsonl"):
         merged_rows([tmp_path / "missing"])
+
+
+def test_a_row_from_a_newer_schema_is_refused_in_one_line(tmp_path):
+    from bench.store import SCHEMA_VERSION, JsonlStore
+
+    store = JsonlStore(tmp_path)
+    store.append({"key": "a", "schema": SCHEMA_VERSION, "status": "ok"})
+    assert [r["key"] for r in store.iter_rows()] == ["a"]
+    store.append({"key": "b", "schema": SCHEMA_VERSION + 1, "status": "ok"})
+    with pytest.raises(NectarGANError, match=rf"line 2 has row schema {SCHEMA_VERSION + 1}, newer than the "
+                                             rf"{SCHEMA_VERSION} this nectargan-bench reads"):
+        list(store.iter_rows())
