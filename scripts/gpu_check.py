@@ -312,31 +312,52 @@ class Check:
         return 0 if all(r.status == "done" for r in self.results) else 1
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends the check as Ctrl-C does: the phase running is stopped cleanly
+
+
+def _settings(part: int) -> tuple[float, list[Phase]]:
+    """The budget and the phases from the environment, checked before anything is written."""
+    text = os.environ.get("GPU_CHECK_BUDGET_S", "480")
+    try:
+        budget = float(text)
+    except ValueError:
+        budget = -1.0
+    if not budget > 0:
+        raise ValueError(f"GPU_CHECK_BUDGET_S={text!r} is not valid: give seconds > 0, e.g. 480")
+    device = os.environ.get("GPU_CHECK_DEVICE", "cuda")
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"GPU_CHECK_DEVICE={device!r} is not valid: use cuda (the default) or cpu (a rehearsal)")
+    phases = PART1 if part == 1 else PART2
+    only = [name for name in os.environ.get("GPU_CHECK_PHASES", "").split(",") if name]
+    unknown = sorted(set(only) - {p.name for p in phases})
+    if unknown:
+        raise ValueError(f"GPU_CHECK_PHASES names {', '.join(unknown)}, not phases of part {part}: "
+                         f"{', '.join(p.name for p in phases)}")
+    # a subset keeps the part's order (a rehearsal, or a second try of what timed out)
+    return budget, [p for p in phases if p.name in only] if only else phases
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", nargs="?", help="output folder (default results/gpu-check-<time>)")
     parser.add_argument("--part", type=int, choices=(1, 2), default=1)
     args = parser.parse_args(argv)
+    try:
+        budget, phases = _settings(args.part)
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
     cpu = os.environ.get("GPU_CHECK_DEVICE", "cuda") == "cpu"
     out = Path(args.out or ROOT / "results" / time.strftime("gpu-check-%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = float(os.environ.get("GPU_CHECK_STARTED") or time.time())
-    budget = float(os.environ.get("GPU_CHECK_BUDGET_S", 480))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / "results" / "gpu-check-inductor-cache"))
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(os.cpu_count() or 1))
     check = Check(out, args.part, budget, cpu, os.environ.get("PYTHON", sys.executable), started)
     check.say(f"part {args.part} on {'the CPU (rehearsal)' if cpu else 'CUDA'}, budget {budget:.0f} s, OUT={out}, "
               f"Inductor cache {os.environ['TORCHINDUCTOR_CACHE_DIR']}")
-    phases = PART1 if args.part == 1 else PART2
-    only = [name for name in os.environ.get("GPU_CHECK_PHASES", "").split(",") if name]
-    if only:  # a subset, still in the part's order (a rehearsal, or a second try of what timed out)
-        unknown = sorted(set(only) - {p.name for p in phases})
-        if unknown:
-            print(f"Error: GPU_CHECK_PHASES names {', '.join(unknown)}, not phases of part {args.part}: "
-                  f"{', '.join(p.name for p in phases)}", file=sys.stderr)
-            return 2
-        phases = [p for p in phases if p.name in only]
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         return check.run(phases)
     except KeyboardInterrupt:

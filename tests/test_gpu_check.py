@@ -183,3 +183,17 @@ def test_gpu_check_rehearsal_under_a_small_budget(tmp_path):
     assert (out / "versions.txt").read_text().startswith("python ")
     assert "headline timed_out" in (out / "summary.txt").read_text()
     assert _wait_gone(mark) == [], "a process of the check outlived it"
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"GPU_CHECK_BUDGET_S": "abc"}, "GPU_CHECK_BUDGET_S='abc' is not valid: give seconds > 0"),
+    ({"GPU_CHECK_PHASES": "host,headlin"}, "GPU_CHECK_PHASES names headlin, not phases of part 1: host, headline"),
+])
+def test_gpu_check_refuses_a_bad_setting_in_one_line_and_writes_nothing(tmp_path, setting, message):
+    out = tmp_path / "check"
+    env = _env(uuid.uuid4().hex, PYTHON=sys.executable, **setting)
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"Error: {message}") and "\n" not in proc.stderr.strip()
+    assert not out.exists()
