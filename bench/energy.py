@@ -174,7 +174,7 @@ class EnergyTimer:
     """Wraps a block timer: reads the meter around each timed block of the current configuration.
 
     ``on_phase`` (pass it to :func:`bench.timing.measure_interleaved`) says which configuration the next
-    block belongs to; calibration blocks are not counted.
+    block belongs to; calibration blocks are not counted, and blocks dropped by a re-calibration neither.
     """
 
     timer: Any
@@ -184,6 +184,8 @@ class EnergyTimer:
 
     def on_phase(self, phase: str, key: Hashable) -> None:
         self.current = key if phase == "block" else None
+        if phase == "calibrate":  # (re-)calibrating: blocks timed before it are dropped, and their readings
+            self.readings.pop(key, None)
 
     def time(self, fn: Callable[[], object], calls: int) -> float:
         if self.current is None:

@@ -44,8 +44,10 @@ from bench.records import Envelope, Job, ProgressNote, RawMeasurement, job_to_js
 from nectargan.errors import NectarGANError
 from nectargan.runtime import Device
 
-# The measuring child's command line (tests point it at a wrapper that injects faults).
+# The measuring child's command line, and the function a forked child runs (tests point both at
+# wrappers that inject faults; the forked one must be picklable by reference).
 CHILD_COMMAND = [sys.executable, "-m", "bench.child"]
+FORKED_CHILD_MAIN: Callable[..., None] = serve_forked
 # Phases that only repeat calls already made once: a hang there is detected by the short limit.
 OnMeasured = Callable[[list[RawMeasurement]], None]
 SHORT_PHASES = frozenset({"warmup", "calibrate", "block", "memory"})
@@ -225,7 +227,7 @@ class _ForkedChild(_Child):
         jobs_in, self._jobs = context.Pipe(duplex=False)
         self._conn, lines_out = context.Pipe(duplex=False)
         self.proc: multiprocessing.process.BaseProcess = context.Process(
-            target=serve_forked, args=(jobs_in, lines_out, {**os.environ, **env}, self._stderr_path), daemon=False)
+            target=FORKED_CHILD_MAIN, args=(jobs_in, lines_out, {**os.environ, **env}, self._stderr_path), daemon=False)
         self.proc.start()
         jobs_in.close()
         lines_out.close()

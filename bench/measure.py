@@ -253,7 +253,8 @@ class MeasuredPlan:
         if not runnable:
             return {}
         job_device, env = self._env(device)
-        envelope = self.launcher.launch(CeilingJob(job_device, runnable, self.options.threads), env, self.limits)
+        job = CeilingJob(job_device, runnable, self.options.threads, self.options.min_block_s)
+        envelope = self.launcher.launch(job, env, self.limits)
         return {device: envelope.ceilings} if envelope.status == "ok" else {}
 
     def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore,

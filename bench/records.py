@@ -78,11 +78,12 @@ class MeasureConfig:
 
 @dataclass(frozen=True)
 class CeilingJob:
-    """Measure the matmul ceiling (TFLOP/s) of each precision on a device."""
+    """Measure the matmul ceiling (TFLOP/s) of each precision on a device, with the sweep's block length."""
 
     device: str
     precisions: list[str]
     threads: int | None = None
+    min_block_s: float = 0.2
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Timing in the manner of torch.utils.benchmark's ``blocked_autorange``, not a stopwatch.
 
 A workload is first warmed up (compilation and autotuning happen there). Then the number of calls per
-block is calibrated so that one block takes at least ``min_block_s`` (default 0.2 s): short calls are
-timed in bulk, so timer resolution and launch jitter average out. At least ``blocks`` (default 5)
+block is set so that one block takes at least ``min_block_s`` (default 0.2 s): from the timed warm-up
+calls when the caller has them, else by calibrating; a block far shorter than that sets it again.
+Short calls are timed in bulk, so timer resolution and launch jitter average out. At least ``blocks`` (default 5)
 blocks are timed; a block's time divided by its calls is one sample. The median is the figure (robust
 to a stray slow block), the interquartile range its spread; a result is ``noisy`` when IQR/median
 exceeds 10 %. Several workloads are measured interleaved (A B A B ...), so a machine that drifts
@@ -74,6 +75,7 @@ class Measurement:
 
     block_s: list[float] = field(default_factory=list)
     calls_per_block: int = 1
+    recalibrations: int = 0  # times a block far shorter than asked set the calls per block again
 
     @property
     def per_call_s(self) -> list[float]:
@@ -110,6 +112,11 @@ class Measurement:
         return sum(self.block_s)
 
 
+def calls_for(per_call_s: float, min_block_s: float = MIN_BLOCK_S) -> int:
+    """Calls per block so that a block of calls lasting ``per_call_s`` each lasts ``min_block_s`` (10 % over)."""
+    return max(1, min(MAX_CALLS_PER_BLOCK, int(min_block_s * 1.1 / max(per_call_s, 1e-9)) + 1))
+
+
 def calibrate(fn: Callable[[], object], timer: BlockTimer, min_block_s: float = MIN_BLOCK_S) -> int:
     """Calls per block so that a block lasts at least ``min_block_s``.
 
@@ -125,15 +132,25 @@ def calibrate(fn: Callable[[], object], timer: BlockTimer, min_block_s: float = 
     return calls
 
 
+# A timed block shorter than this fraction of ``min_block_s`` means the calls per block were set from a
+# stalled call: the count is set again from that block, its samples so far dropped (at most 3 times).
+RECALIBRATE_BELOW = 0.5
+MAX_RECALIBRATIONS = 3
+
+
 def measure_interleaved(
     workloads: dict[K, Callable[[], object]],
     timer: BlockTimer,
     blocks: int = MIN_BLOCKS,
     min_block_s: float = MIN_BLOCK_S,
     on_phase: Callable[[str, K], None] | None = None,
+    warm_s: dict[K, float] | None = None,
 ) -> dict[K, Measurement]:
-    """Calibrate each warmed-up workload, then time ``blocks`` rounds of A B C ... blocks.
+    """Set each warmed-up workload's calls per block, then time ``blocks`` rounds of A B C ... blocks.
 
+    ``warm_s`` (seconds of one warm call, from the warm-up the caller timed) sets the count without
+    spending a block on calibration; otherwise :func:`calibrate` does. A block far shorter than
+    ``min_block_s`` re-calibrates its workload from that block (see ``RECALIBRATE_BELOW``).
     ``on_phase("calibrate" | "block", name)`` is called before each calibration and each timed block,
     so a caller can tell which workload was running when something hung or crashed.
     """
@@ -141,10 +158,27 @@ def measure_interleaved(
     for name, fn in workloads.items():
         if on_phase:
             on_phase("calibrate", name)
-        results[name] = Measurement(calls_per_block=calibrate(fn, timer, min_block_s))
-    for _ in range(max(1, blocks)):
+        known = (warm_s or {}).get(name)
+        calls = calls_for(known, min_block_s) if known is not None else calibrate(fn, timer, min_block_s)
+        results[name] = Measurement(calls_per_block=calls)
+    left = dict.fromkeys(workloads, MAX_RECALIBRATIONS)
+    wanted = max(1, blocks)
+    while any(len(results[name].block_s) < wanted for name in workloads):
         for name, fn in workloads.items():
+            measurement = results[name]
+            if len(measurement.block_s) >= wanted:
+                continue
             if on_phase:
                 on_phase("block", name)
-            results[name].block_s.append(timer.time(fn, results[name].calls_per_block))
+            block = timer.time(fn, measurement.calls_per_block)
+            calls = measurement.calls_per_block
+            if block < RECALIBRATE_BELOW * min_block_s and left[name] and calls < MAX_CALLS_PER_BLOCK:
+                left[name] -= 1
+                measurement.recalibrations += 1
+                measurement.calls_per_block = max(calls + 1, calls_for(block / calls, min_block_s))
+                measurement.block_s.clear()  # every sample of a measurement has the same calls per block
+                if on_phase:
+                    on_phase("calibrate", name)  # what was read of the dropped blocks (energy) is dropped too
+                continue
+            measurement.block_s.append(block)
     return results

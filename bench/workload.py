@@ -189,6 +189,8 @@ def measure_group(
     torch._dynamo.reset()  # per group: a served child must never reach dynamo's recompile limit (eager fallback)
     raws = {cfg: RawMeasurement(cfg) for cfg in configs}
     workloads: dict[MeasureConfig, Workload] = {}
+    warm_s: dict[MeasureConfig, float] = {}
+    warm_timer = default_timer(device)
     for cfg in configs:
         raw = raws[cfg]
         progress("build", cfg)
@@ -203,10 +205,8 @@ def measure_group(
         if cfg.task == "infer":
             progress("check", cfg)
             raw.max_rel_err, raw.check = _rel_error(workload, spec, cfg, device, seed=0), FORWARD_CHECK
-        progress("warmup", cfg)
-        for _ in range(WARMUP_CALLS):
-            workload.call()
-        _sync(device)
+        progress("warmup", cfg)  # timed, so the calls per block need no calibration block of their own
+        warm_s[cfg] = min(warm_timer.time(workload.call, 1) for _ in range(WARMUP_CALLS))
         workloads[cfg] = workload
 
     timer, on_phase, energy = default_timer(device), progress, None
@@ -222,7 +222,7 @@ def measure_group(
     frames_before = dynamo_counts()["frames"]
     machine_before, own_before, wall_before = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
     results = measure_interleaved({c: w.call for c, w in workloads.items()}, timer, blocks, min_block_s,
-                                  on_phase=on_phase)
+                                  on_phase=on_phase, warm_s=warm_s)
     recompiles = dynamo_counts()["frames"] - frames_before
     others = None
     machine_after = _machine_busy_s()

@@ -20,18 +20,24 @@ def sample_dataset(tmp_path_factory):
 
 @pytest.fixture
 def fault_child(monkeypatch):
-    """Make measured sweeps launch ``tests/faults.py`` with a fault plan instead of ``bench.child``."""
+    """Make measured sweeps run children with a fault plan (``tests/faults.py``) instead of ``bench.child``:
+    forked by the fork server (the CPU default), or as a ``python tests/faults.py`` subprocess."""
+    import functools
     import json
     import sys
     from pathlib import Path
 
+    import faults
+
     import bench.launcher
     import bench.measure
 
-    def use(plan: dict) -> None:
+    def use(plan: dict, launcher: str = "forkserver") -> None:
         script = Path(__file__).with_name("faults.py")
         monkeypatch.setattr(bench.launcher, "CHILD_COMMAND", [sys.executable, str(script), json.dumps(plan)])
-        monkeypatch.setattr(bench.measure, "DEFAULT_CPU_LAUNCHER", "subprocess")  # the faults live in a script
+        forked = functools.partial(faults.serve_forked, json.dumps(plan))
+        monkeypatch.setattr(bench.launcher, "FORKED_CHILD_MAIN", forked)
+        monkeypatch.setattr(bench.measure, "DEFAULT_CPU_LAUNCHER", launcher)
 
     return use
 

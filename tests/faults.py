@@ -1,7 +1,8 @@
 """A measuring child with injected faults, for tests (production code has no fault hooks).
 
 Run as ``python tests/faults.py PLAN_JSON`` in place of ``python -m bench.child`` (the
-``fault_child`` fixture points :data:`bench.launcher.CHILD_COMMAND` here). PLAN_JSON maps a fault to
+``fault_child`` fixture points :data:`bench.launcher.CHILD_COMMAND` here), or forked by the fork server
+through :func:`serve_forked` (:data:`bench.launcher.FORKED_CHILD_MAIN`). PLAN_JSON maps a fault to
 where it strikes: a substring of the variant name, or a table ``{"name": SUBSTR, FIELD: VALUE, ...}``
 that also matches the configuration's fields (task, mode, precision, layout). Faults:
 
@@ -36,11 +37,11 @@ def _hang() -> None:
         time.sleep(3600)
 
 
-def main() -> int:
-    plan = json.loads(sys.argv[1])
+def apply(plan: dict) -> None:
+    """Make this process's ``bench.workload.build_workload`` strike as ``plan`` says."""
     import torch
 
-    from bench import child, workload
+    from bench import workload
 
     build = workload.build_workload
 
@@ -73,7 +74,22 @@ def main() -> int:
         return built
 
     workload.build_workload = faulty_build
+
+
+def main() -> int:
+    from bench import child
+
+    apply(json.loads(sys.argv[1]))
     return child.main()
+
+
+def serve_forked(plan_json: str, *args) -> None:
+    """The forked child's life with faults (``functools.partial(serve_forked, PLAN_JSON)`` is what the
+    ``fault_child`` fixture puts in :data:`bench.launcher.FORKED_CHILD_MAIN`)."""
+    from bench import child
+
+    apply(json.loads(plan_json))
+    child.serve_forked(*args)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ def test_energy_per_image_throttling_and_a_shared_gpu_reach_the_row():
     timer.time(lambda: None, 4)
     reading = timer.readings[cfg]
     assert reading.joules == pytest.approx(3.0) and reading.blocks == 2 and reading.shared
+    timer.on_phase("calibrate", cfg)  # a re-calibration drops the blocks timed before it, and their joules
+    assert cfg not in timer.readings
     raw = RawMeasurement(cfg, block_s=[0.5, 0.5], calls_per_block=4, energy_j=reading.joules,
                          sm_clock_before_mhz=reading.clock_before_mhz, sm_clock_after_mhz=reading.clock_after_mhz,
                          throttle_reasons=reading.throttle_reasons, gpu_shared=reading.shared)

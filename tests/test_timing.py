@@ -65,3 +65,22 @@ def test_interleaved_blocks_alternate_and_give_the_right_medians():
 def test_real_timer_gives_sane_values():
     m = measure_interleaved({"x": lambda: sum(range(1000))}, PerfCounterTimer(), blocks=3, min_block_s=0.01)["x"]
     assert 0 < m.min_s <= m.median_s and m.calls_per_block >= 1 and len(m.block_s) == 3
+
+
+def test_warm_up_times_set_the_calls_without_a_calibration_block():
+    timer = FakeTimer({"a": 0.003})
+    (m,) = measure_interleaved({"a": lambda: "a"}, timer, blocks=5, min_block_s=0.2, warm_s={"a": 0.003}).values()
+    assert [calls for _, calls in timer.order] == [m.calls_per_block] * 5  # five timed blocks, nothing else
+    assert m.calls_per_block * 0.003 >= 0.2 and m.recalibrations == 0
+
+
+def test_a_block_far_shorter_than_asked_recalibrates_and_drops_its_samples():
+    """A stalled warm-up call (0.5 s, then 2.5 ms calls) set one call per block: the first block is far
+    shorter than 0.2 s, so the count is set again from it, and every kept sample has the new count."""
+    timer = FakeTimer({"a": 0.0025})
+    phases = []
+    m = measure_interleaved({"a": lambda: "a"}, timer, blocks=5, min_block_s=0.2, warm_s={"a": 0.5},
+                            on_phase=lambda phase, name: phases.append(phase))["a"]
+    assert m.recalibrations == 1 and m.calls_per_block * 0.0025 >= 0.2
+    assert len(m.block_s) == 5 and all(t >= 0.2 for t in m.block_s)
+    assert phases == ["calibrate", "block", "calibrate", *["block"] * 5]
