@@ -1,5 +1,5 @@
 # The README's two commands. Both set up .venv first (scripts/setup.sh is idempotent).
-.PHONY: setup demo test
+.PHONY: setup demo test test-cluster
 
 STAMP := $(shell date +%Y%m%d-%H%M%S)
 BENCH := .venv/bin/nectargan-bench
@@ -23,6 +23,11 @@ demo: setup
 	@echo "Image grid (input | baseline | best PSNR | fastest within 0.5 dB | target): results/runs/study-smoke-$(STAMP)/grid.png"
 	@echo "Watch the study: $(BENCH) dashboard $(STORAGE)   (then open http://127.0.0.1:8080/)"
 
+# The README's test command: lint, then every test but the cluster tier (under 5 minutes on 2 cores).
 test: setup
 	@.venv/bin/ruff check nectargan bench studies cli tests
-	@.venv/bin/python -m pytest --durations=15
+	@.venv/bin/python -m pytest -m "not cluster" --durations=15
+
+# The cluster tier: sweeps and studies run as jobs through submitit and Ray (.ci/run runs it after `make test`).
+test-cluster: setup
+	@.venv/bin/python -m pytest -m cluster --durations=10

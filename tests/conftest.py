@@ -42,6 +42,18 @@ def fault_child(monkeypatch):
     return use
 
 
+@pytest.fixture
+def warm_fork_server():
+    """The measuring children's fork server already running, as it is for every child of a sweep but the
+    first: a test with short phase limits then never counts the server's own start (importing torch, seconds
+    on a busy 2-core machine) against its first child's ``start`` phase."""
+    from bench.launcher import fork_context
+
+    process = fork_context().Process(target=int)
+    process.start()
+    process.join()
+
+
 COMPILED_GRID = """
 description = "one tiny variant: a compiled forward, the GAN step eager and in NectarGAN's loop"
 [grid]

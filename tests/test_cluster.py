@@ -1,5 +1,8 @@
 """Executors beyond one machine: settings and refusals, Slurm through submitit's local executor, Ray on
-a local cluster with fake GPUs and a killed worker, study workers on PostgreSQL with one killed."""
+a local cluster with fake GPUs and a killed worker, study workers on PostgreSQL with one killed.
+
+The tests that run jobs through an engine carry the ``cluster`` marker: ``make test-cluster`` runs them
+(``.ci/run`` does, after the README's ``make test``, which leaves them out to stay under 5 minutes)."""
 
 from __future__ import annotations
 
@@ -110,6 +113,7 @@ def test_cluster_studies_refuse_sqlite_before_anything_is_written(tmp_path, caps
 # --- Slurm through submitit's local executor -----------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_slurm_job_array_of_two_shards_merges_to_the_local_rows(tmp_path, capsys):
     pytest.importorskip("submitit")
     grid = _grid(tmp_path, '[executor]\ncluster = "local"\ntime_min = 5\n')  # Slurm settings; the flag picks Slurm
@@ -181,6 +185,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.cluster
 def test_ray_sweep_gives_each_task_its_gpu_and_retries_a_killed_worker(tmp_path, ray_cluster):
     from remote_faults import kill_once_factory
 
@@ -208,6 +213,7 @@ def test_ray_sweep_gives_each_task_its_gpu_and_retries_a_killed_worker(tmp_path,
 # --- study workers on PostgreSQL, one killed ---------------------------------------------------------------
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("kind", ["slurm", "ray"])
 def test_study_workers_on_postgresql_end_with_n_trials_after_one_is_killed(kind, tmp_path, sample_dataset, request,
                                                                           postgres_url):

@@ -19,12 +19,12 @@ from cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "NECTARGAN_TEST_MARK"
-BUDGET_S = 20  # the rehearsal's whole budget: the host fits, the headline's cold compile (about 90 s) does not
+BUDGET_S = 15  # the rehearsal's budget: the host (about 2 s) fits, the headline's cold compile (about 90 s) does not
 GRID = """
 [grid]
 n_downs = [3]
 features = [8]
-input_size = [64]
+input_size = [32]
 batch_size = [2]
 
 [measure]
@@ -158,7 +158,7 @@ def test_trace_refuses_a_bad_mode_in_one_line(capsys):
 
 @pytest.mark.slow
 def test_gpu_check_rehearsal_under_a_small_budget(tmp_path):
-    """Part 1 on the CPU with 20 s for host, headline and family: the headline's cold compile does not fit
+    """Part 1 on the CPU with 15 s for host, headline and family: the headline's cold compile does not fit
     its cap, so it is stopped (SIGINT, then SIGKILL) and the family is skipped; the summary says so in
     order, the rows on disk are the rows it reports, and no process of the check is left."""
     out, mark = tmp_path / "check", uuid.uuid4().hex
