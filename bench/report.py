@@ -542,6 +542,8 @@ def compare_measured(rows_a: list[Row], rows_b: list[Row], threshold: float | No
     if a.empty or b.empty:
         return pd.DataFrame(columns=ids)
     joined = a.merge(b, on="key", suffixes=("_a", "_b"))
+    if joined.empty:  # no measurement key in common: nothing to pair (the caller says so)
+        return pd.DataFrame(columns=[*ids, "significant", "regressed"])
     out = pd.DataFrame({k: joined[f"{k}_a"] for k in ids})
     for column in COMPARED_MEASURED:
         if f"{column}_a" not in joined or f"{column}_b" not in joined:

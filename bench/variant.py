@@ -67,9 +67,10 @@ class VariantSpec:
     def invalid_reason(self) -> str | None:
         """Why this variant cannot be profiled here, else None: the model's own message when it rejects
         the arguments, or :meth:`resource_reason` when its weights alone exceed this machine's memory."""
-        return self._arguments_reason() or self.resource_reason()
+        return self.arguments_reason() or self.resource_reason()
 
-    def _arguments_reason(self) -> str | None:
+    def arguments_reason(self) -> str | None:
+        """Why the model rejects these arguments (or the batch size is not valid), else None; cheap."""
         from nectargan.models.unet.model import validate_generator_args
 
         try:
@@ -105,7 +106,7 @@ class VariantSpec:
         weights this machine cannot hold (:meth:`resource_reason`).
         """
         meta = str(device) == "meta"
-        reason = self._arguments_reason() or (None if meta else self.resource_reason())
+        reason = self.arguments_reason() or (None if meta else self.resource_reason())
         if reason is not None:
             raise NectarGANError(reason)
         return self.build_unchecked(device)

@@ -36,7 +36,7 @@ from nectargan.train import NonFiniteLossError
 from studies.baseline import baseline_settings, enqueue_baseline, why_no_baseline
 from studies.config import StudyConfig, load_study_config
 from studies.objective import INTERRUPTED, run_trial
-from studies.space import check_against_study
+from studies.space import check_against_study, check_architectures_fit
 from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S, artifact_store, file_lock, open_storage, sqlite_path
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -145,13 +145,28 @@ def _load(storage: optuna.storages.BaseStorage, name: str, **kwargs) -> optuna.S
 
 
 def check_existing(run: StudyRun, config: StudyConfig, study: optuna.Study) -> None:
-    """Refuse a config that cannot continue ``study`` (directions, space); reads only."""
+    """Refuse a config that cannot continue ``study``: other objectives (names or directions), other
+    ``[fixed]`` settings or budget (its trials would be ranked with the study's as one), another space.
+    Reads only. (Studies created before the fixed settings were recorded are checked without them.)"""
+    where = f"study {study.study_name!r} in {run.storage}"
+    hint = "; choose another study name (--study-name) or keep the study's settings"
     stored = [d.name.lower() for d in study.directions]
     if stored != config.directions:
-        raise NectarGANError(
-            f"study {study.study_name!r} in {run.storage} optimises {stored}, not {config.directions} "
-            f"({', '.join(config.objectives)}); choose another study name"
-        )
+        raise NectarGANError(f"{where} optimises {stored}, not {config.directions} "
+                             f"({', '.join(config.objectives)}){hint}")
+    attrs = study.user_attrs
+    if "objectives" in attrs and list(attrs["objectives"]) != list(config.objectives):
+        raise NectarGANError(f"{where} optimises {attrs['objectives']}, not {config.objectives}{hint}")
+    if "fixed" in attrs:
+        changed = sorted(k for k in {*attrs["fixed"], *config.fixed}
+                         if attrs["fixed"].get(k, "unset") != config.fixed.get(k, "unset"))
+        if changed:
+            was = ", ".join(f"{k} = {attrs['fixed'].get(k, 'unset')!r}" for k in changed)
+            now = ", ".join(f"{k} = {config.fixed.get(k, 'unset')!r}" for k in changed)
+            raise NectarGANError(f"{where} was run with [fixed] {was}, this config says {now}{hint}")
+    budget = {"steps": config.steps, "seconds": config.seconds}
+    if "budget" in attrs and attrs["budget"] != budget:
+        raise NectarGANError(f"{where} was run with the budget {attrs['budget']}, this config says {budget}{hint}")
     check_against_study(study, config.space, config.source)
 
 
@@ -178,6 +193,7 @@ def open_study(run: StudyRun, config: StudyConfig, seed: int) -> optuna.Study:
         check_existing(run, config, study)
         return study
     study.set_user_attr("objectives", config.objectives)
+    study.set_user_attr("fixed", config.fixed)
     study.set_user_attr("config", config.source)
     study.set_user_attr("config_sha256", config.sha256)
     study.set_user_attr("budget", {"steps": config.steps, "seconds": config.seconds})
@@ -376,6 +392,7 @@ def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | Non
         raise NectarGANError(f"heartbeat={run.heartbeat_s} is not valid: use 1 second or more")
     if run.timeout_s is not None and run.timeout_s <= 0:
         raise NectarGANError(f"timeout={run.timeout_s:g} is not valid: use a positive number of seconds")
+    check_architectures_fit(config)
     if not remote:  # a cluster's nodes, not this login node, have the devices the settings name
         _check_fixed_settings(config)
     existing = _load(open_storage(run.storage, heartbeat_s=run.heartbeat_s, grace_s=run.grace_s), run.name(config))

@@ -21,7 +21,7 @@ from optuna.distributions import (
 )
 
 from nectargan.errors import NectarGANError
-from studies.config import Range
+from studies.config import Range, StudyConfig
 
 Space = dict[str, list[Any] | Range]
 
@@ -97,3 +97,41 @@ def check_against_study(study: optuna.Study, space: Space, where: str) -> None:
                 f"{name} over {_describe(stored[name])}; Optuna cannot change that within a study: restore "
                 f"[space].{name} or choose another study name (--study-name)"
             ) from None
+
+
+MAX_ARCHITECTURES = 4096  # combinations tried by check_architectures_fit; a larger space is assumed to hold one
+
+
+def _values(choice: list[Any] | Range) -> list[Any]:
+    """The values of one choice to try: every choice of a list or small integer range, else its two ends."""
+    if isinstance(choice, list):
+        return choice
+    if choice.is_int and not choice.log:
+        values = list(range(int(choice.low), int(choice.high) + 1, int(choice.step or 1)))
+        if len(values) <= 64:
+            return values
+    return [choice.low, choice.high]
+
+
+def check_architectures_fit(config: StudyConfig) -> None:
+    """Refuse, before any trial, a study in which no generator the space can draw is valid (``[fixed]
+    input_size = 60``: every trial, the baseline included, would be pruned), with the model's own reason."""
+    from itertools import islice, product
+
+    from bench.variant import VariantSpec
+
+    fields = [f for f in VariantSpec.field_names() if f != "batch_size"]
+    searched = [f for f in fields if f in config.space]
+    fixed = {f: config.fixed[f] for f in fields if f in config.fixed}
+    combos = product(*(_values(config.space[f]) for f in searched))
+    first_reason = None
+    for combo in islice(combos, MAX_ARCHITECTURES):
+        spec = VariantSpec(**fixed, **dict(zip(searched, combo, strict=True)))
+        reason = spec.arguments_reason()
+        if reason is None:
+            return
+        first_reason = first_reason or reason
+    if next(combos, None) is not None or first_reason is None:
+        return  # more combinations than were tried: some may fit
+    raise NectarGANError(f"no generator of {config.source}'s [space] fits its fixed settings, so every trial would "
+                         f"be pruned: {first_reason}")

@@ -269,6 +269,18 @@ def test_compare_measured_rows_with_a_threshold(tmp_path, capsys, after, code, v
     assert table.loc[0, "img_per_s_ratio"] == pytest.approx(0.0100 / sorted(after)[2], rel=1e-6)
 
 
+def test_compare_of_runs_with_no_measurement_in_common_says_so(tmp_path, capsys):
+    _measured_run(tmp_path / "a", [0.0100, 0.0101, 0.0099])
+    _measured_run(tmp_path / "b", [0.0100, 0.0101, 0.0099])
+    rows = [json.loads(line) for line in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
+    (tmp_path / "b" / "results.jsonl").write_text(json.dumps(rows[0] | {"key": rows[0]["key"] + "-other"}) + "\n")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c"),
+                 "--threshold", "0.05"]) == 0
+    captured = capsys.readouterr()
+    assert "0 measurements in both" in captured.out and "_No measurements in common._" in captured.out
+    assert "1 only in A, 1 only in B" in captured.out and "Error" not in captured.err
+
+
 def test_the_real_onednn_crash_costs_one_row_and_the_workaround_measures_it(tmp_path, warm_fork_server):
     """torch 2.13's oneDNN corrupts the heap in the backward of the residual 1x1 transposed conv under
     channels_last (scripts/repro/onednn_convtranspose_1x1.py); the NCHW sibling must not pay for it."""

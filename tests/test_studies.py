@@ -627,3 +627,42 @@ def test_report_columns_importances_and_budget_warning(tmp_path):
     assert "| lr " in importances and "| n_downs " not in importances  # n_downs never varied
     assert "Left out (never varied): n_downs" in importances
     assert "were compared under a step budget" in text and "(10 to 160 img/s, 16.0x)" in text
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (('objectives = ["val_psnr"]', 'objectives = ["val_ssim"]'), "optimises ['val_psnr'], not ['val_ssim']"),
+    (("input_size = 64", "input_size = 32"), "was run with [fixed] input_size = 64, this config says input_size = 32"),
+    (("steps = 12", "steps = 24"), "was run with the budget {'steps': 12, 'seconds': None}, this config says"),
+])
+def test_a_config_that_would_mix_trials_into_a_study_is_refused(tmp_path, sample_dataset, capsys, change, message):
+    """Objectives with the same directions (PSNR, SSIM), another [fixed] value or another budget would rank
+    trials of two kinds as one study: refused in one line before anything is written."""
+    from cli import main
+    from studies.config import load_study_config
+    from studies.runner import open_study
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    config = _config(tmp_path, sample_dataset, name="s", objectives='["val_psnr"]')
+    open_study(StudyRun(config_path=config, storage=storage), load_study_config(config), seed=0)
+    text = Path(config).read_text()
+    assert change[0] in text
+    Path(config).write_text(text.replace(change[0], change[1]))
+    assert main(["study", config, "--storage", storage, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("Error: study 's' in ") and message in err, err
+    assert "choose another study name (--study-name)" in err
+    assert optuna.load_study(study_name="s", storage=storage).trials == []  # nothing written
+    assert not (tmp_path / "out").exists()
+
+
+def test_fixed_settings_no_generator_can_take_are_refused_before_any_trial(tmp_path, sample_dataset, capsys):
+    from cli import main
+
+    config = _config(tmp_path, sample_dataset, name="s60")
+    Path(config).write_text(Path(config).read_text().replace("input_size = 64", "input_size = 60"))
+    storage = tmp_path / "s.db"
+    assert main(["study", config, "--storage", f"sqlite:///{storage}", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no generator of" in err and "[space] fits its fixed settings" in err
+    assert "input_size=60 is not valid for n_downs=3" in err and "multiple of 32" in err
+    assert not storage.exists() and not (tmp_path / "out").exists()
