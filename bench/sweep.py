@@ -9,6 +9,7 @@ plan hands over each group of configurations as the child reports it, so a kille
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fcntl
 import os
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from bench.env import ENV_FILE, collect_env, read_env, write_json_atomic
 from bench.grid import Grid, shard
@@ -171,11 +172,30 @@ class RunLock:
         self.release()
 
 
+# Measure options that shape every figure of a row (timing, threads, oneDNN): a resumed run must keep them, or
+# its rows would be reported beside the earlier ones as alike. What is measured (tasks, modes, precisions,
+# layouts: rows of their own, and the report says which pairs were not timed together) and how long to wait
+# for a child may change.
+FIGURE_OPTIONS = ("threads", "blocks", "min_block_s", "cpu_mkldnn", "warm_compile", "max_batch")
+
+
+def _check_figure_options(directory: Path, stored: dict[str, Any] | None, given: dict[str, Any] | None) -> None:
+    if stored is None or given is None:
+        return
+    for key in FIGURE_OPTIONS:
+        if key in stored and stored[key] != given.get(key):
+            raise NectarGANError(
+                f"{directory} was measured with {key}={stored[key]!r}, not {given.get(key)!r}: its rows and the new "
+                f"ones would not be comparable; resume with {key}={stored[key]!r} or choose another output folder")
+
+
 def prepare_run_dir(
-    directory: Path, grid: Grid, resume: bool, shard_spec: tuple[int, int] | None, command: str | None = None
+    directory: Path, grid: Grid, resume: bool, shard_spec: tuple[int, int] | None, command: str | None = None,
+    measure: dict[str, Any] | None = None,
 ) -> RunLock:
     """Lock the folder (:class:`RunLock`), refuse to mix runs by accident, write or extend env.json.
 
+    ``measure``: the measure options of this run (None: static), checked against the resumed run's.
     Returns the held lock: the caller keeps it for the whole run (``with prepare_run_dir(...):``).
     """
     if directory.exists() and not directory.is_dir():
@@ -189,7 +209,7 @@ def prepare_run_dir(
                              "(without resume)")
     lock = RunLock(directory)
     try:
-        _check_and_record(directory, grid, resume, shard_spec, command)
+        _check_and_record(directory, grid, resume, shard_spec, command, measure)
     except BaseException:
         lock.release()
         raise
@@ -197,7 +217,8 @@ def prepare_run_dir(
 
 
 def _check_and_record(
-    directory: Path, grid: Grid, resume: bool, shard_spec: tuple[int, int] | None, command: str | None
+    directory: Path, grid: Grid, resume: bool, shard_spec: tuple[int, int] | None, command: str | None,
+    measure: dict[str, Any] | None = None,
 ) -> None:
     store = JsonlStore(directory)
     if store.exists() and not resume:
@@ -219,6 +240,7 @@ def _check_and_record(
                 f"{directory} was started with shard {env.get('shard') or '(none)'}, not "
                 f"{now['shard'] or '(none)'}; resume with the same shard or choose another output folder"
             )
+        _check_figure_options(directory, env.get("measure"), measure)
     if env is None:
         write_json_atomic(directory / ENV_FILE, now)
         return
@@ -260,7 +282,9 @@ def run_sweep(
     """
     variants = select_variants(grid, shard_spec)
     devices = plan.devices()
-    with prepare_run_dir(directory, grid, resume, shard_spec, command):  # DIR/.lock, held until the end
+    options = getattr(plan, "options", None)  # a measured plan's MeasureOptions
+    measure = dataclasses.asdict(options) if options is not None else None
+    with prepare_run_dir(directory, grid, resume, shard_spec, command, measure):  # DIR/.lock, held until the end
         store = JsonlStore(directory)
         done = store.keys()
         try:
