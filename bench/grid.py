@@ -37,6 +37,11 @@ from nectargan.runtime import PRECISIONS
 
 BUILTIN_GRIDS = Path(__file__).parent / "grids"
 
+
+def builtin_grid_names() -> list[str]:
+    """The built-in grids (``bench/grids/*.toml``) by name: the one list the help, errors and tests use."""
+    return sorted(p.stem for p in BUILTIN_GRIDS.glob("*.toml"))
+
 # Axis -> the Python type its values must have (checked strictly: a bool is not an int).
 AXES: dict[str, type] = {
     "n_downs": int,

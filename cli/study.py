@@ -12,7 +12,6 @@ from cli.options import (
     Address,
     ArrayParallelism,
     CpusPerTask,
-    Detach,
     Executor,
     GpusPerTask,
     MaxRetries,
@@ -26,6 +25,11 @@ from cli.options import (
 from cli.progress import ProgressBar, stderr
 from nectargan.errors import NectarGANError
 from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S
+
+# A study's detached workers write only to the storage: follow them there, not with `collect` (sweeps only).
+StudyDetach = Annotated[bool, typer.Option(
+    "--detach", help="Slurm: return once the worker jobs are submitted; follow the study with `nectargan-bench "
+    "dashboard STORAGE` or `study-report`, stop its jobs with scancel.")]
 
 
 def study(
@@ -53,7 +57,7 @@ def study(
     array_parallelism: ArrayParallelism = None,
     sbatch: Sbatch = None,
     max_retries: MaxRetries = None,
-    detach: Detach = False,
+    detach: StudyDetach = False,
 ) -> None:
     """Run (or resume) an Optuna study of short training trials; several workers share the storage.
 

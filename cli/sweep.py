@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bench.grid import builtin_grid_names
 from cli.options import (
     DEFAULT,
     DEFAULT_UPCONV,
@@ -96,7 +97,7 @@ def profile(
 
 def sweep(
     grid: Annotated[
-        str, typer.Argument(help="Grid TOML file, or a built-in grid name (default, smoke, gan-step, reference-gpu).")
+        str, typer.Argument(help=f"Grid TOML file, or a built-in grid name ({', '.join(builtin_grid_names())}).")
     ],
     static_only: Annotated[
         bool, typer.Option("--static-only", help="Count parameters, FLOPs and activations; no timing.")

@@ -117,3 +117,12 @@ def test_help_shows_where_output_goes(capsys, monkeypatch):
     assert main(["sweep", "--help"]) == 0
     out = capsys.readouterr().out
     assert "results/runs/<grid>-<timestamp>" in out
+
+
+def test_study_detach_help_points_to_what_follows_a_study(capsys):
+    from cli import main
+
+    assert main(["study", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    detach = text[text.index("--detach"):][:300]
+    assert "dashboard" in detach and "study-report" in detach and "scancel" in detach and "collect" not in detach

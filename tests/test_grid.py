@@ -125,3 +125,22 @@ def test_measure_options_are_named_alike_everywhere():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     listed = re.search(r"Options come from the grid's `\[measure\]` table \((.*?)\)", readme, re.S).group(1)
     assert sorted(re.findall(r"`(\w+)`", listed)) == sorted(MEASURE_KEYS)
+
+
+def test_the_built_in_grids_are_listed_alike_in_help_errors_and_readme(capsys):
+    """One list, from bench/grids/: `sweep --help`, the error for an unknown name and the README name them all."""
+    from pathlib import Path
+
+    from bench.grid import builtin_grid_names
+    from cli import main
+
+    names = builtin_grid_names()
+    assert {"default", "smoke", "gan-step", "reference-gpu"} <= set(names)
+    assert main(["sweep", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(name in help_text for name in names), help_text
+    assert main(["sweep", "nosuch", "--static-only"]) == 1
+    assert f"built-in grids: {', '.join(names)}" in capsys.readouterr().err
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    bullet = " ".join(readme[readme.index("- `sweep` profiles every variant"):].split("\n- ")[0].split())
+    assert all(f"`{name}`" in bullet for name in names), [n for n in names if f"`{n}`" not in bullet]
