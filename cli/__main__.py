@@ -2,7 +2,7 @@
 
 import sys
 
-from cli.app import main
+from cli import main
 
 if __name__ == "__main__":  # a fork-server child imports this module again; it must not run the command
     sys.exit(main())

@@ -126,3 +126,22 @@ def test_study_detach_help_points_to_what_follows_a_study(capsys):
     text = " ".join(capsys.readouterr().out.split())
     detach = text[text.index("--detach"):][:300]
     assert "dashboard" in detach and "study-report" in detach and "scancel" in detach and "collect" not in detach
+
+
+def test_ctrl_c_while_torch_is_imported_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C in the first seconds of a command (importing torch) used to print a traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cli import INTERRUPTED_AT_START
+
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "train", "--data", str(tmp_path), "--steps", "1",
+                             "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.5)  # the interpreter is up; torch takes seconds to import
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == INTERRUPTED_AT_START and out == ""
+    assert not (tmp_path / "run").exists()
