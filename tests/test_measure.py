@@ -436,3 +436,19 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_the_command_line_keeps_the_reports_caveats_on_the_speed_up_over_nectargan():
+    from cli.sweep import _baseline_lines
+
+    def row(mode, batch, img_per_s, noisy, timed_with):
+        return {"kind": "measure", "status": "ok", "key": f"measure|v|gan_train|{mode}|b{batch}", "variant": "v",
+                "task": "gan_train", "mode": mode, "precision": "fp32", "layout": "nchw", "batch_size": batch,
+                "device": "cpu", "img_per_s": img_per_s, "noisy": noisy, "timed_with": timed_with}
+
+    quiet = [row("eager", 8, 10.0, False, "nectargan"), row("nectargan", 8, 5.0, False, "eager")]
+    (line,) = _baseline_lines(quiet)
+    assert "2.00x NectarGAN's loop at that batch" in line and "noisy" not in line and "separately" not in line
+    noisy = [row("eager", 8, 10.0, False, ""), row("nectargan", 8, 80.0, True, "")]
+    (line,) = _baseline_lines(noisy)
+    assert line.endswith("0.12x NectarGAN's loop at that batch (noisy, timed separately)"), line
