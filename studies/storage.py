@@ -129,13 +129,47 @@ def open_storage(
     try:
         if database is not None:
             return LockedSQLiteStorage(url, database.with_name(database.name + ".lock"), **kwargs)
+        if must_exist:
+            _check_holds_studies(url)
         with schema_lock(url):
             return RDBStorage(url, **kwargs)
     except StorageError:
         raise
     except Exception as exc:  # sqlalchemy raises many types for an unreachable or bad database
-        message = " ".join(str(exc).split())[:300]
-        raise StorageError(f"storage {url!r} cannot be opened: {type(exc).__name__}: {message}") from None
+        raise StorageError(_cannot_open(url, exc)) from None
+
+
+def _check_holds_studies(url: str) -> None:
+    """A read-only command on a database server: refuse, in words, a database without Optuna's tables."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            if not sqlalchemy.inspect(connection).has_table("studies"):
+                raise StorageError(f"no study there: database {engine.url.database!r} of storage "
+                                   f"{engine.url.render_as_string(hide_password=True)!r} holds no Optuna tables; "
+                                   "run a study there first")
+    finally:
+        engine.dispose()
+
+
+def _cannot_open(url: str, exc: Exception) -> str:
+    """One line for a database that cannot be opened: a missing database said as such, else the driver's words."""
+    import sqlalchemy
+
+    message = " ".join(str(exc).split())
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # an unparsable URL: the driver's words are all there is
+        parsed = None
+    if parsed is not None and parsed.database and f'database "{parsed.database}" does not exist' in message:
+        where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+        return (f"database {parsed.database!r} does not exist on {where} (storage "
+                f"{parsed.render_as_string(hide_password=True)!r}); check the URL, or create it (createdb "
+                f"{parsed.database}) and run a study there")
+    message = message.split(" (Background on this error")[0][:300]
+    return f"storage {url!r} cannot be opened: {type(exc).__name__}: {message}"
 
 
 SCHEMA_LOCK_KEY = 0x6E6563746172  # any 64-bit number of ours: PostgreSQL's advisory lock on schema creation

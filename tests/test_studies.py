@@ -666,3 +666,26 @@ def test_fixed_settings_no_generator_can_take_are_refused_before_any_trial(tmp_p
     assert err.count("\n") == 0 and "no generator of" in err and "[space] fits its fixed settings" in err
     assert "input_size=60 is not valid for n_downs=3" in err and "multiple of 32" in err
     assert not storage.exists() and not (tmp_path / "out").exists()
+
+
+def test_read_only_commands_on_a_missing_or_empty_postgresql_database_say_so(tmp_path, postgres_url, capsys):
+    import sqlalchemy
+
+    from cli import main
+
+    missing = postgres_url + "_missing"
+    for args in (["study-report", missing, "--study", "x", "--out", str(tmp_path / "r")], ["dashboard", missing]):
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip()
+        name = missing.rsplit("/", 1)[1]
+        assert err.count("\n") == 0 and f"database '{name}' does not exist on 127.0.0.1:5432" in err
+    report = ["study-report", postgres_url, "--study", "x", "--out", str(tmp_path / "r")]
+    for args in (report, ["dashboard", postgres_url]):
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("Error: no study there: ") and "holds no Optuna tables" in err
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.connect() as connection:
+        assert sqlalchemy.inspect(connection).get_table_names() == []  # a read-only command created nothing
+    engine.dispose()
+    assert not (tmp_path / "r").exists()
