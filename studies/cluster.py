@@ -57,7 +57,7 @@ def prepare_run(run: StudyRun, config: StudyConfig, executor: ExecutorConfig) ->
     # threads: Ray reserves cpus_per_task (default 1) cores a task and lets several share a node
     threads = executor.cpus_per_task or (1 if executor.kind == "ray" else run.threads)
     return dataclasses.replace(run, config_path=config_path, storage=storage, out_root=out_root,
-                               run_id=uuid.uuid4().hex[:12], threads=threads)
+                               run_id=run.run_id or uuid.uuid4().hex[:12], threads=threads)
 
 
 def gpus_per_worker(config: StudyConfig, executor: ExecutorConfig) -> int:

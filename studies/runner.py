@@ -22,9 +22,10 @@ import signal
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -378,6 +379,8 @@ def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | Non
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = run.config()
+    if run.run_id is None:  # tag this invocation's trials: its summary counts them, not another command's
+        run = replace(run, run_id=uuid.uuid4().hex[:12])
     remote = executor is not None and executor.remote
     if remote:
         from studies import cluster
@@ -460,7 +463,8 @@ def _run_processes(run: StudyRun, shares: list[int | None], progress: Callable[[
 
 
 def _summary(run: StudyRun, study: optuna.Study, before: set[int]) -> dict[str, Any]:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.number not in before]
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.number not in before and t.user_attrs.get(RUN_ATTR) == run.run_id]
     return {
         "study": study.study_name, "storage": run.storage, "added": len(trials),
         "states": {s.name: sum(1 for t in trials if t.state == s) for s in optuna.trial.TrialState

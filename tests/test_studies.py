@@ -689,3 +689,24 @@ def test_read_only_commands_on_a_missing_or_empty_postgresql_database_say_so(tmp
         assert sqlalchemy.inspect(connection).get_table_names() == []  # a read-only command created nothing
     engine.dispose()
     assert not (tmp_path / "r").exists()
+
+
+def test_a_command_counts_only_the_trials_it_added(tmp_path, sample_dataset):
+    """Three commands adding a trial each to one study at once each said "added 2 trials": the summary counts
+    the trials tagged with this invocation's run id, not what other commands added meanwhile."""
+    import dataclasses
+
+    from studies.runner import RUN_ATTR, _summary
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    config = _config(tmp_path, sample_dataset, name="own", budget=f"steps = 2\neval_every = 2\n{FAST_TIMING}")
+    summary = run_study(StudyRun(config_path=config, storage=storage, n_trials=1, out_root=str(tmp_path / "out")))
+    assert summary["added"] == 1
+    study = optuna.load_study(study_name="own", storage=storage)
+    (mine,) = study.trials
+    assert mine.user_attrs[RUN_ATTR]  # tagged, also when run here rather than on a cluster
+    other = optuna.trial.create_trial(params={}, distributions={}, values=[0.1], user_attrs={RUN_ATTR: "other"})
+    study.add_trial(other)  # another command's trial, added while this one ran
+    run = StudyRun(config_path=config, storage=storage, run_id=mine.user_attrs[RUN_ATTR])
+    assert _summary(run, study, before=set())["added"] == 1
+    assert _summary(dataclasses.replace(run, run_id="other"), study, before=set())["added"] == 1
