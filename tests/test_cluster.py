@@ -278,3 +278,14 @@ def _kill_a_running_trial(name: str, driver: threading.Thread, url: str) -> int:
             return running.number
         time.sleep(0.2)
     raise AssertionError("no trial was seen running")
+
+
+def test_a_ray_address_where_nothing_answers_is_one_line_within_seconds(tmp_path, capsys):
+    pytest.importorskip("ray")
+    started = time.monotonic()
+    code, err = _run(["sweep", _grid(tmp_path), "--static-only", "--executor", "ray", "--address", "127.0.0.1:1",
+                      "--out", tmp_path / "run"], capsys)
+    assert code == 1 and time.monotonic() - started < 30
+    line = _one_error_line(code, err)
+    assert "cannot connect to Ray at address '127.0.0.1:1': nothing answers on 127.0.0.1:1" in line
+    assert not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -38,6 +39,7 @@ _connect_lock = threading.Lock()
 def connect(config: ExecutorConfig) -> None:
     """Join the Ray cluster at ``config.address`` (``auto``: the one ``ray start`` runs here), or start a
     local instance when there is no address; reuse a connection this process already has."""
+    _check_answers(config.address)
     with _connect_lock:
         if ray.is_initialized():
             return
@@ -52,6 +54,25 @@ def connect(config: ExecutorConfig) -> None:
                      os.environ.get("RAY_ADDRESS") else "a local Ray instance could not start")
             raise ExecutorError(f"{where}: {message} (start a cluster with 'ray start --head', then use --address "
                                 "auto)") from None
+
+
+ANSWER_TIMEOUT_S = 5.0
+
+
+def _check_answers(address: str | None) -> None:
+    """An explicit ``host:port`` where nothing answers is one error line within seconds (``ray.init`` would
+    retry its GCS connection for minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: left to Ray's own message
+    try:
+        socket.create_connection((host, int(port)), timeout=ANSWER_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ExecutorError(f"cannot connect to Ray at address {address!r}: nothing answers on {host}:{port} "
+                            f"({exc.strerror or exc}); start a cluster with 'ray start --head' and give its address, "
+                            "or use --address auto on one of its nodes") from None
 
 
 def check_available(config: ExecutorConfig, gpus: int) -> None:
