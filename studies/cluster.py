@@ -61,9 +61,14 @@ def prepare_run(run: StudyRun, config: StudyConfig, executor: ExecutorConfig) ->
 
 
 def gpus_per_worker(config: StudyConfig, executor: ExecutorConfig) -> int:
-    """GPUs per worker: one unless the study runs on the CPU (``auto`` is taken to mean a GPU node)."""
+    """GPUs per worker: one unless the study runs on the CPU. ``auto`` means a GPU on Slurm (the login node
+    cannot see the compute nodes) and on a Ray cluster that has GPUs; on a Ray cluster without any, the CPU."""
     device = str(config.fixed.get("device", "auto"))
     if device == "auto":
+        if executor.kind == "ray" and executor.gpus_per_task is None:
+            from bench.executors import ray as ray_engine
+
+            return 1 if ray_engine.cluster_gpus(executor) > 0 else 0
         return executor.gpus("cuda")
     return check_gpus(executor, "cpu" if device == "cpu" else "cuda")
 

@@ -289,3 +289,24 @@ def test_a_ray_address_where_nothing_answers_is_one_line_within_seconds(tmp_path
     line = _one_error_line(code, err)
     assert "cannot connect to Ray at address '127.0.0.1:1': nothing answers on 127.0.0.1:1" in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("resources", "gpus"), [({"CPU": 2.0}, 0), ({"CPU": 8.0, "GPU": 2.0}, 1)])
+def test_a_study_on_ray_with_device_auto_asks_for_a_gpu_only_where_the_cluster_has_one(monkeypatch, tmp_path,
+                                                                                       sample_dataset, resources, gpus):
+    pytest.importorskip("ray")
+    from test_studies import _config
+
+    from bench.executors import executor_config
+    from bench.executors import ray as ray_engine
+    from studies.cluster import gpus_per_worker
+    from studies.config import load_study_config
+
+    monkeypatch.setattr(ray_engine, "connect", lambda config: None)
+    monkeypatch.setattr(ray_engine, "_resources", lambda: resources)
+    config = load_study_config(_config(tmp_path, sample_dataset))
+    assert "device" not in config.fixed  # auto
+    assert gpus_per_worker(config, executor_config(kind="ray")) == gpus
+    assert gpus_per_worker(config, executor_config(kind="ray", gpus_per_task=0)) == 0  # the setting wins
+    with pytest.raises(Exception, match=r"--gpus-per-task 0 .* study \[fixed\] device = \"cpu\""):
+        ray_engine.capacity(executor_config(kind="ray"), 1 + int(resources.get("GPU", 0)))

@@ -85,6 +85,12 @@ def _resources() -> dict[str, float]:
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
+def cluster_gpus(config: ExecutorConfig) -> float:
+    """The GPUs of the Ray cluster at ``config.address`` (connecting first)."""
+    connect(config)
+    return _resources().get("GPU", 0.0)
+
+
 def task_options(config: ExecutorConfig, gpus: int) -> dict[str, Any]:
     return {"num_gpus": gpus, "num_cpus": config.cpus_per_task or 1, "max_retries": config.max_retries,
             "retry_exceptions": False}
@@ -96,7 +102,8 @@ def capacity(config: ExecutorConfig, gpus: int) -> int:
     if gpus > 0:
         if resources.get("GPU", 0) < gpus:
             raise ExecutorError(f"the Ray cluster has {resources.get('GPU', 0):g} GPU(s) and each task asks for "
-                                f"{gpus}; add GPU nodes, or set gpus_per_task = 0 / use device cpu")
+                                f"{gpus}; add GPU nodes, or ask for none: --gpus-per-task 0 ([executor] gpus_per_task "
+                                "= 0) with the CPU as device (sweep --device cpu; study [fixed] device = \"cpu\")")
         return max(1, int(resources["GPU"] // gpus))
     return max(1, int(resources.get("CPU", 1) // (config.cpus_per_task or 1)))
 
