@@ -452,3 +452,34 @@ def test_the_command_line_keeps_the_reports_caveats_on_the_speed_up_over_nectarg
     noisy = [row("eager", 8, 10.0, False, ""), row("nectargan", 8, 80.0, True, "")]
     (line,) = _baseline_lines(noisy)
     assert line.endswith("0.12x NectarGAN's loop at that batch (noisy, timed separately)"), line
+
+
+def test_report_refuses_to_merge_two_runs_of_the_same_measurements(tmp_path, capsys):
+    """report A B --out M kept only B's row of a measurement both had (4 rows written instead of 8)."""
+    _measured_run(tmp_path / "a", [0.0100, 0.0101, 0.0099])
+    _measured_run(tmp_path / "b", [0.0200, 0.0201, 0.0199])
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "(1 in common)" in err
+    assert "both hold the measurement 'measure|v|infer|eager|fp32|nchw|cpu'" in err
+    assert "nectargan-bench compare A B" in err and not (tmp_path / "m").exists()
+    other = [json.loads(line) for line in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
+    (tmp_path / "b" / "results.jsonl").write_text("".join(
+        json.dumps(r | {"key": r["key"].replace("eager", "compile"), "mode": "compile"}) + "\n" for r in other))
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 0
+    assert len((tmp_path / "m" / "results.jsonl").read_text().splitlines()) == 2  # both kept
+
+
+def test_throughput_points_carry_their_interquartile_range_and_an_empty_plot_is_not_written(tmp_path):
+    from bench.report import _img_per_s_spread, plot_measured
+
+    row = {"block_s": [0.10, 0.20, 0.30, 0.40, 0.50], "calls_per_block": 10, "batch_size": 2, "img_per_s": 2 / 0.03}
+    (below,), (above,) = _img_per_s_spread(pd.DataFrame([row]))
+    assert below == pytest.approx(2 / 0.03 - 2 / 0.04) and above == pytest.approx(2 / 0.02 - 2 / 0.03)
+    (none_below,), (none_above,) = _img_per_s_spread(pd.DataFrame([row | {"block_s": [0.3]}]))
+    assert none_below == none_above == 0.0  # one block: no spread to show
+    # measured rows without their static rows (no FLOPs to place them): no picture rather than empty axes
+    measured = pd.DataFrame([row | {"status": "ok", "variant": "v", "flops_per_img": None, "task": "infer",
+                                    "mode": "eager", "layout": "nchw", "block_type": None, "upconv_type": None}])
+    static = pd.DataFrame(columns=["variant", "flops_fwd"])
+    assert plot_measured(measured, static, tmp_path) == [] and not list(tmp_path.glob("*.png"))
