@@ -160,8 +160,8 @@ def write_rows_atomic(directory: str | os.PathLike[str], rows: Iterable[Row]) ->
 def merged_rows(directories: Iterable[str | os.PathLike[str]]) -> list[Row]:
     """Rows of several run directories (shards, or runs that measured different things).
 
-    A static row found in several (the same variant's counts) is kept once, the last one. A measurement
-    found in two directories is refused: one of the two would silently replace the other (two runs of the
+    A row found in several (a static row: the same variant's counts) is kept once, the last one. A
+    measurement found in two directories is refused: one of the two would silently replace the other (two runs of the
     same measurements are for ``compare``)."""
     merged = MemoryStore()
     source: dict[str, str] = {}
@@ -171,8 +171,8 @@ def merged_rows(directories: Iterable[str | os.PathLike[str]]) -> list[Row]:
             raise NectarGANError(f"{directory} holds no {RESULTS_FILE}: is it a sweep's output folder?")
         for row in store.iter_rows():
             key = str(row.get("key"))
-            if row.get("kind") != "static" and source.get(key, str(directory)) != str(directory):
-                common = sum(1 for r in store.iter_rows() if r.get("kind") != "static" and str(r.get("key")) in source)
+            if row.get("kind") == "measure" and source.get(key, str(directory)) != str(directory):
+                common = sum(1 for r in store.iter_rows() if r.get("kind") == "measure" and str(r.get("key")) in source)
                 raise NectarGANError(
                     f"{source[key]} and {directory} both hold the measurement {key!r} ({common} in common): merging "
                     "would keep only one of each; compare two runs of the same measurements with 'nectargan-bench "

@@ -168,13 +168,16 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
 
 def test_invalid_architectures_and_constraints_are_pruned_before_training(tmp_path, sample_dataset):
     config = _config(tmp_path, sample_dataset, name="c", extra="[constraints]\nmax_params = 100000\n")
-    config_text = Path(config).read_text().replace("n_downs = [3]", "n_downs = [5]")  # 5 needs 128 px
+    config_text = Path(config).read_text().replace("n_downs = [3]", "n_downs = [3, 5]")  # 5 needs 128 px
     Path(config).write_text(config_text)
     storage = f"sqlite:///{tmp_path}/c.db"
-    run_study(StudyRun(config_path=config, storage=storage, out_root=str(tmp_path / "out"), n_trials=2))
+    run_study(StudyRun(config_path=config, storage=storage, out_root=str(tmp_path / "out"), n_trials=4))
     study = optuna.load_study(study_name="c", storage=storage)
-    assert {t.state for t in study.trials} == {optuna.trial.TrialState.PRUNED}
-    assert all("invalid: input_size=64 is not valid for n_downs=5" in t.user_attrs["reason"] for t in study.trials)
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.PRUNED}  # invalid, or over max_params
+    reasons = {t.params["n_downs"]: t.user_attrs["reason"] for t in study.trials}
+    assert "invalid: input_size=64 is not valid for n_downs=5" in reasons[5]
+    assert reasons[3].startswith("constraint: params")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing trained
 
 
 def test_static_constraint_prunes_and_reaches_optuna(tmp_path, sample_dataset):
