@@ -157,9 +157,12 @@ def _compare(trial: FrozenTrial, baseline: FrozenTrial) -> str:
         speed = f"is {ratio:.1f}x faster than the baseline"
     else:
         speed = f"is {1 / ratio:.1f}x slower than the baseline"
+    interleaved = ratio is not None and number(trial, "infer_speedup_vs_baseline") is not None
+    timing = "; speed timed interleaved with the baseline's" if interleaved else ""
     ssim = f", SSIM {d['d_ssim']:+.3f}" if d["d_ssim"] is not None else ""
     return (f"`{trial.user_attrs.get('variant', '?')}` (trial {trial.number}) {speed} at {quality} "
-            f"({_db(number(trial, 'val_psnr'))}{ssim}; {trial.user_attrs.get('images', '?')} training images).")
+            f"({_db(number(trial, 'val_psnr'))}{ssim}; {trial.user_attrs.get('images', '?')} training images"
+            f"{timing}).")
 
 
 def _budget(study: optuna.Study, answer: Answer) -> None:
@@ -178,9 +181,11 @@ def _budget(study: optuna.Study, answer: Answer) -> None:
                              f"({by_steps or by_seconds}).")
     images = [number(t, "images") for t in answer.complete]
     images = [i for i in images if i is not None]
-    if by_seconds and images:
+    if by_seconds and images and min(images) < max(images):
         answer.budget.append(f"Under a time budget faster generators train on more images "
                              f"({min(images):.0f} to {max(images):.0f} here).")
+    elif by_seconds and images:
+        answer.budget.append(f"Every complete trial trained on {min(images):.0f} images in its time budget.")
     loads = [x for t in answer.complete if (x := number(t, "load_avg_1m")) is not None]
     cpus = (study.user_attrs.get("env") or {}).get("cpu_count")
     if loads and isinstance(cpus, int) and max(loads) > cpus:

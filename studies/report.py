@@ -32,7 +32,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from nectargan.errors import NectarGANError
-from studies.answer import TOLERANCE_DB, Answer, analyse, number, row_extras
+from studies.answer import TOLERANCE_DB, Answer, analyse, number, row_extras, speedup
 from studies.baseline import is_baseline
 from studies.config import TRAIN_PARAMS
 from studies.storage import StorageError, artifact_store, open_storage
@@ -169,12 +169,15 @@ def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
         shown = rows_of + [t for t in answer.front if not is_baseline(t)]
         front_name = "Pareto front" if len(study.directions) > 1 else "Quality-speed front (PSNR against infer img/s)"
         lines += [f"## {front_name}", "", "The baseline's row first (marked), then the front; dB and speed-up are "
-                  "against the baseline.", "", _table([_row(t, objectives, answer.baseline) for t in shown]), ""]
+                  "against the baseline. The speed-up is the one the answer and the front plot use: inference timed "
+                  "interleaved with the baseline's architecture in the same trial (`infer_img_per_s`, absolute, "
+                  "drifts with the machine's load between trials).", "",
+                  _table([_row(t, objectives, answer.baseline) for t in shown]), ""]
     lines += _importances(study, answer)
     for state in (TrialState.PRUNED, TrialState.FAIL):
         failed = [t for t in trials if t.state == state]
         if failed:
-            lines += [f"## {state.name.title()} trials", "", _table([
+            lines += [f"## {'Pruned' if state == TrialState.PRUNED else 'Failed'} trials", "", _table([
                 {"trial": t.number, "variant": t.user_attrs.get("variant", ""),
                  "reason": str(t.user_attrs.get("reason", t.system_attrs.get("fail_reason", "")))
                  .replace("|", "\\|")} for t in failed]), ""]
@@ -346,10 +349,14 @@ def _plots(study: optuna.Study, answer: Answer, out: Path) -> list[Path]:
 
 
 def _front_plot(answer: Answer):
-    """Val PSNR against measured inference img/s: every complete trial, the front joined, the baseline a star."""
+    """Val PSNR against measured speed: every complete trial, the front joined, the baseline a star. The speed
+    is the answer's: the speed-up over the baseline (timed interleaved with it in each trial) when there is a
+    baseline, else absolute img/s."""
     import matplotlib.pyplot as plt
 
-    points = [(t, number(t, "infer_img_per_s"), number(t, "val_psnr")) for t in answer.complete]
+    relative = answer.baseline is not None
+    points = [(t, speedup(t, answer.baseline) if relative else number(t, "infer_img_per_s"), number(t, "val_psnr"))
+              for t in answer.complete]
     points = [(t, s, q) for t, s, q in points if s is not None and q is not None]
     if not points:
         return None
@@ -364,13 +371,16 @@ def _front_plot(answer: Answer):
         for s, q, t in on_front:
             axes.annotate(str(t.number), (s, q), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if answer.baseline is not None:
-        s, q = number(answer.baseline, "infer_img_per_s"), number(answer.baseline, "val_psnr")
+        s, q = 1.0, number(answer.baseline, "val_psnr")
         if s is not None and q is not None:
             axes.scatter([s], [q], marker="*", s=220, color="tab:red", zorder=5,
                          label=f"baseline (NectarGAN default, trial {answer.baseline.number})")
+            shown = axes.get_ylim()  # the points' range: the line is drawn where it falls in it, never stretches it
             axes.axhline(q - TOLERANCE_DB, color="tab:red", lw=0.6, ls=":", label=f"baseline - {TOLERANCE_DB} dB")
+            axes.set_ylim(shown)
     axes.set_xscale("log")
-    axes.set_xlabel("inference img/s (measured after training)")
+    axes.set_xlabel("inference speed-up over the baseline (timed interleaved with it; log)" if relative
+                    else "inference img/s (measured after training; log)")
     axes.set_ylabel("val PSNR (dB)")
     axes.set_title("Quality against measured speed")
     axes.legend(fontsize=7, loc="best")

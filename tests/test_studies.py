@@ -148,6 +148,8 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
     assert "## Pareto front" in text and "| 0 (baseline) | UnetBlock-Transposed-d4-f64-64px" in text
     assert "Baseline (NectarGAN's default generator at this size, trial 0)" in text
     assert "Best quality: `UnetBlock-Transposed-d3-f" in text and "than the baseline at" in text
+    assert "speed timed interleaved with the baseline's)" in text  # which speed-up the answer uses
+    assert "The speed-up is the one the answer and the front plot use" in text
     assert "The time budget ended every complete trial (3)" in text
     assert "Device: cpu: " in text and "1-minute load average when timed" in text
     assert study.user_attrs["env"]["cpu_count"] >= 1 and study.user_attrs["budget"] == {"steps": None, "seconds": 1}
@@ -713,3 +715,14 @@ def test_a_command_counts_only_the_trials_it_added(tmp_path, sample_dataset):
     run = StudyRun(config_path=config, storage=storage, run_id=mine.user_attrs[RUN_ATTR])
     assert _summary(run, study, before=set())["added"] == 1
     assert _summary(dataclasses.replace(run, run_id="other"), study, before=set())["added"] == 1
+
+
+def test_grid_labels_wrap_inside_their_column():
+    from studies.grid import _wrap
+
+    def width(text: str) -> float:
+        return 6.0 * len(text)  # a 6-pixel-per-character font
+
+    assert _wrap("best PSNR & fastest t12\n11.44 dB 1008 img/s", width, 60) == [
+        "best PSNR", "& fastest", "t12", "11.44 dB", "1008 img/s"]
+    assert all(width(line) <= 60 for line in _wrap("averyveryverylongword t1", width, 60))
