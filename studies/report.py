@@ -102,11 +102,30 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# How the report's tables show these columns (trials.csv keeps every digit): dB to 2 decimals, parameters in
+# millions, speeds to one decimal.
+COLUMN_FORMATS: dict[str, str] = {
+    "val_psnr": "{:.2f}", "dB vs baseline": "{:+.2f}", "val_ssim": "{:.3f}", "SSIM vs baseline": "{:+.3f}",
+    "infer_img_per_s": "{:,.1f}", "train_img_per_s": "{:,.1f}", "speed-up": "{:.2f}x", "gflops": "{:.3g}",
+    "params": "{:.2f} M",
+}
+
+
+def _shown(column: str, value: Any) -> str:
+    form = COLUMN_FORMATS.get(column)
+    if form is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return _fmt(value)
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return form.format(value / 1e6 if column == "params" else value)
+
+
 def _table(rows: list[dict]) -> str:
     if not rows:
         return "_none_"
-    frame = pd.DataFrame(rows)
-    return frame.map(_fmt).to_markdown(index=False, disable_numparse=True)
+    frame = pd.DataFrame(rows).astype(object)
+    shown = pd.DataFrame({c: [_shown(c, v) for v in frame[c]] for c in frame.columns})
+    return shown.to_markdown(index=False, disable_numparse=True)
 
 
 def _training_settings(trial: FrozenTrial) -> dict[str, Any]:
