@@ -310,3 +310,24 @@ def test_a_study_on_ray_with_device_auto_asks_for_a_gpu_only_where_the_cluster_h
     assert gpus_per_worker(config, executor_config(kind="ray", gpus_per_task=0)) == 0  # the setting wins
     with pytest.raises(Exception, match=r"--gpus-per-task 0 .* study \[fixed\] device = \"cpu\""):
         ray_engine.capacity(executor_config(kind="ray"), 1 + int(resources.get("GPU", 0)))
+
+
+def test_submitits_repeated_sacct_warnings_become_one_line_of_ours(tmp_path, caplog):
+    pytest.importorskip("submitit")
+    import logging
+
+    from bench.executors import executor_config
+    from bench.executors import slurm as slurm_engine
+
+    slurm_engine.make_executor(executor_config(kind="slurm", cluster="local"), tmp_path, "t", 0)
+    logger = logging.getLogger("submitit")
+    slurm_engine.SACCT_WARNINGS.seen = 0
+    with caplog.at_level(logging.WARNING, logger="submitit"):
+        for call in range(1, 6):  # as submitit words it on each poll while accounting is off
+            logger.warning(f"Call #{call} - Bypassing sacct error Command '['sacct', '-o']' returned non-zero exit "
+                           "status 1., status may be inaccurate.")
+        logger.warning("another submitit warning")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and messages[1] == "another submitit warning"
+    assert messages[0].startswith("Slurm's sacct does not answer (Command '['sacct', '-o']' returned")
+    assert messages[0].endswith("job states may be inaccurate until it does (said once)")

@@ -15,6 +15,7 @@ A task that fails after its retries becomes ``error`` rows.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import tempfile
@@ -47,7 +48,11 @@ def connect(config: ExecutorConfig) -> None:
         if config.address is None and not os.environ.get("RAY_ADDRESS"):  # a new local instance: ours to set up
             extra["_system_config"] = {"task_oom_retries": 0}  # Ray retries OOM kills forever by default
         try:
-            ray.init(address=config.address, include_dashboard=False, log_to_driver=False, **extra)
+            # Ray's own start-up lines (token authentication, "Started a local Ray instance") are not the
+            # user's business: errors only
+            logging.getLogger("ray").setLevel(logging.ERROR)
+            ray.init(address=config.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, **extra)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             message = " ".join(str(exc).split())[:300]
             where = (f"cannot connect to Ray at address {config.address!r}" if config.address or

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import shutil
 import time
@@ -61,9 +62,39 @@ def check_available(config: ExecutorConfig, gpus: int = 0) -> None:
                             "[executor] cluster = \"local\" to run the jobs as processes here")
 
 
+class SacctWarnings(logging.Filter):
+    """submitit warns "Bypassing sacct error ..., status may be inaccurate" on every poll where ``sacct``
+    fails (accounting off): dozens of lines in the user's terminal. The first becomes one line of ours, the
+    rest are dropped."""
+
+    MARK = "Bypassing sacct error"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.MARK not in message:
+            return True
+        self.seen += 1
+        if self.seen > 1:
+            return False
+        error = message.split(self.MARK, 1)[1].split(", status may be inaccurate")[0].strip()
+        record.msg, record.args = (f"Slurm's sacct does not answer ({' '.join(error.split())[:200]}): job states "
+                                   "may be inaccurate until it does (said once)"), ()
+        return True
+
+
+SACCT_WARNINGS = SacctWarnings()
+
+
 def make_executor(config: ExecutorConfig, folder: Path, name: str, gpus: int) -> submitit.AutoExecutor:
     """A submitit executor with the settings: one task per job, ``gpus`` GPUs, the time limit and the
     Slurm-only options (partition, account, array parallelism, extra sbatch lines)."""
+    submitit_logger = logging.getLogger("submitit")
+    if SACCT_WARNINGS not in submitit_logger.filters:
+        submitit_logger.addFilter(SACCT_WARNINGS)
     executor = submitit.AutoExecutor(folder=str(folder), cluster=config.cluster)
     params: dict[str, Any] = {"name": name, "timeout_min": config.time_min, "nodes": 1, "tasks_per_node": 1,
                               "gpus_per_node": gpus}
