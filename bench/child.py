@@ -83,11 +83,16 @@ def _run(job: Job, progress: Progress, device: Any) -> Envelope:
     try:
         if isinstance(job, CeilingJob):
             ceilings = {}
-            for precision in job.precisions:
-                progress("ceiling")
-                ceilings[precision] = workload.matmul_ceiling(device, precision, job.min_block_s)
+
+            def measure() -> None:
+                for precision in job.precisions:
+                    progress("ceiling")
+                    ceilings[precision] = workload.matmul_ceiling(device, precision, job.min_block_s)
+
+            _, others = workload.others_busy_during(measure)
             workload.release(device)  # the next job in this child starts with an empty cache
-            return Envelope("ok", ceilings=ceilings, threads=torch.get_num_threads())
+            return Envelope("ok", ceilings=ceilings, threads=torch.get_num_threads(),
+                            ceiling_others=others if device.type == "cpu" else None)
         spec = VariantSpec(**job.variant)
         if isinstance(job, CompileJob):
             raws = workload.first_calls(spec, job.configs, device, progress)

@@ -193,6 +193,7 @@ class MeasuredPlan:
         self._launcher = launcher
         self._devices = devices
         self.ceilings: dict[str, dict[str, float]] = {}
+        self.ceiling_others: dict[str, float | None] = {}
         self._gan_flops: dict[tuple, int] = {}
         self.directory = Path(".")
 
@@ -232,8 +233,10 @@ class MeasuredPlan:
         """Measure the matmul ceilings once per run (kept in env.json, reused on resume)."""
         self.directory = directory
         env = read_env(directory) or {}
-        self.ceilings = env.get("matmul_ceiling_tflops") or self._measure_ceilings()
-        env["matmul_ceiling_tflops"] = self.ceilings
+        if not env.get("matmul_ceiling_tflops"):
+            env["matmul_ceiling_tflops"], env["matmul_ceiling_cpu_others"] = self._measure_ceilings()
+        self.ceilings = env["matmul_ceiling_tflops"]
+        self.ceiling_others = env.get("matmul_ceiling_cpu_others") or {}
         env["measure"] = asdict(self.options)
         write_json_atomic(directory / ENV_FILE, env)
 
@@ -246,16 +249,19 @@ class MeasuredPlan:
         cache = Path(self.options.inductor_cache or self.directory / INDUCTOR_CACHE)
         return job_device, env | {"TORCHINDUCTOR_CACHE_DIR": str(cache.resolve())}
 
-    def _measure_ceilings(self) -> dict[str, dict[str, float]]:
-        """The matmul ceiling (TFLOP/s) per precision that can run, on the first device."""
+    def _measure_ceilings(self) -> tuple[dict[str, dict[str, float]], dict[str, float | None]]:
+        """The matmul ceiling (TFLOP/s) per precision that can run, on the first device, and the cores other
+        processes kept busy meanwhile (CPU)."""
         device = self.devices()[0]
         runnable = [p for p in self.options.precisions if precision_reason(p, device) is None]
         if not runnable:
-            return {}
+            return {}, {}
         job_device, env = self._env(device)
         job = CeilingJob(job_device, runnable, self.options.threads, self.options.min_block_s)
         envelope = self.launcher.launch(job, env, self.limits)
-        return {device: envelope.ceilings} if envelope.status == "ok" else {}
+        if envelope.status != "ok":
+            return {}, {}
+        return {device: envelope.ceilings}, {device: envelope.ceiling_others}
 
     def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore,
              emit: EmitRows | None = None) -> list[Row]:
@@ -320,7 +326,8 @@ class MeasuredPlan:
         per_image = self._flops_per_image(spec, cfg, flops)
         return self._row(spec, cfg, device) | {
             "status": "ok", "reason": "", "flops_per_img": per_image,
-            **measured_figures(raw, per_image, self.ceilings.get(device, {}).get(cfg.precision)),
+            **measured_figures(raw, per_image, self.ceilings.get(device, {}).get(cfg.precision),
+                               self.ceiling_others.get(device)),
             "compile_warm_s": warm.first_call_s if warm else None,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "threads": raw.threads or threads,

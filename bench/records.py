@@ -170,6 +170,7 @@ class Envelope:
     measurements: list[RawMeasurement] = field(default_factory=list)
     error: str = ""
     ceilings: dict[str, float] = field(default_factory=dict)
+    ceiling_others: float | None = None  # other processes' busy cores while the CPU ceiling was measured
     threads: int | None = None
     traceback: str = ""
     failed_config: MeasureConfig | None = None
@@ -217,11 +218,14 @@ class ProgressNote:
         return f"phase {self.phase!r}" + (f" of {self.config.label}" if self.config else "")
 
 
-def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: float | None) -> dict[str, Any]:
+def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: float | None,
+                     ceiling_others: float | None = None) -> dict[str, Any]:
     """The derived columns of a measured row: the one place they are computed.
 
     Timing statistics come from :class:`bench.timing.Measurement` (median and IQR over blocks), TFLOP/s
-    from the static FLOPs per image, % of peak against the run's matmul ceiling for the precision.
+    from the static FLOPs per image, % of peak against the run's matmul ceiling for the precision;
+    ``ceiling_shared`` when other processes kept the CPU busy while that ceiling was measured (a ceiling
+    measured low makes every % of peak high).
     """
     cfg = raw.config
     timing = Measurement(block_s=list(raw.block_s), calls_per_block=raw.calls_per_block)
@@ -234,6 +238,7 @@ def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: 
         # above 100 % the ceiling was not one: say so rather than print an impossible share
         "pct_of_peak": pct if pct is not None and pct <= 100 else None,
         "above_ceiling": pct is not None and pct > 100, "noisy": timing.noisy,
+        "ceiling_shared": ceiling_others is not None and ceiling_others > CPU_SHARED_CORES,
         "blocks": len(raw.block_s), "calls_per_block": raw.calls_per_block, "measure_s": timing.total_s,
         "block_s": list(raw.block_s),
         "peak_mem_mib": raw.peak_mem_bytes / MIB if raw.peak_mem_bytes is not None else None,

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from bench.env import ENV_FILE, read_env, write_json_atomic
-from bench.records import BASELINE_MODE, BASELINE_TASKS, COMPILE_MODES
+from bench.records import BASELINE_MODE, BASELINE_TASKS, COMPILE_MODES, CPU_SHARED_CORES
 from bench.store import RUNS_ROOT, JsonlStore, MemoryStore, Row, merged_rows, new_run_dir, write_rows_atomic
 from nectargan.errors import NectarGANError
 
@@ -41,7 +41,7 @@ MEASURE_COLUMNS = [
     "peak_reserved_mib", "compile_s", "compile_warm_s", "graph_breaks", "recompiles", "max_rel_err", "err_flag",
     "blocks", "calls_per_block", "measure_s", "max_batch", "above_ceiling", "cpu_mkldnn", "d_layers", "d_features",
     "flops_per_img", "joules_per_img", "avg_power_w", "sm_clock_before_mhz", "sm_clock_after_mhz", "throttle_reasons",
-    "throttled", "gpu_shared", "cpu_others", "cpu_shared", "timed_with", "err_check",
+    "throttled", "gpu_shared", "cpu_others", "cpu_shared", "ceiling_shared", "timed_with", "err_check",
 ]
 STATUS_ORDER = ["ok", "invalid", "error", "oom", "timeout"]
 
@@ -304,6 +304,13 @@ def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> li
     if ceilings:
         out += ["Matmul ceiling (TFLOP/s, measured once per run): " + "; ".join(
             f"{d}: " + ", ".join(f"{p} {v:.3g}" for p, v in c.items()) for d, c in ceilings.items()) + ".", ""]
+    loaded = {d: o for env in envs for d, o in (env.get("matmul_ceiling_cpu_others") or {}).items()
+              if o is not None and o > CPU_SHARED_CORES}
+    if loaded:
+        out += ["**The CPU's matmul ceiling was measured while other processes kept "
+                + ", ".join(f"{o:.1f} cores busy ({d})" for d, o in loaded.items())
+                + "**: it is lower than the machine's, so every *% of peak* is too high (rows flagged "
+                "`ceiling_shared`). Measure the run again on an idle machine.", ""]
     shared = int((ok["cpu_shared"] == True).sum())  # noqa: E712 - object column
     if shared:
         out += [f"**{shared} row(s) were measured while other processes kept the CPU busy** (flag *CPU shared*): "

@@ -220,15 +220,11 @@ def measure_group(
             progress(phase, cfg)
 
     frames_before = dynamo_counts()["frames"]
-    machine_before, own_before, wall_before = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
-    results = measure_interleaved({c: w.call for c, w in workloads.items()}, timer, blocks, min_block_s,
-                                  on_phase=on_phase, warm_s=warm_s)
+    results, others = others_busy_during(lambda: measure_interleaved(
+        {c: w.call for c, w in workloads.items()}, timer, blocks, min_block_s, on_phase=on_phase, warm_s=warm_s))
     recompiles = dynamo_counts()["frames"] - frames_before
-    others = None
-    machine_after = _machine_busy_s()
-    if device.type == "cpu" and machine_before is not None and machine_after is not None:
-        busy = (machine_after - machine_before) - (_own_cpu_s() - own_before)
-        others = max(0.0, busy / max(time.perf_counter() - wall_before, 1e-9))
+    if device.type != "cpu":
+        others = None
     for cfg, measurement in results.items():
         raw = raws[cfg]
         raw.block_s, raw.calls_per_block = measurement.block_s, measurement.calls_per_block
@@ -346,6 +342,17 @@ def _memory(workload: Workload, device: torch.device) -> tuple[int | None, int |
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base + workload.persistent_bytes
     return peak, torch.cuda.max_memory_reserved(device)
+
+
+def others_busy_during(fn: Callable[[], object]) -> tuple[object, float | None]:
+    """``fn()`` and the cores other processes kept busy meanwhile (from /proc/stat; None where unreadable)."""
+    machine_before, own_before, wall_before = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
+    result = fn()
+    machine_after = _machine_busy_s()
+    if machine_before is None or machine_after is None:
+        return result, None
+    busy = (machine_after - machine_before) - (_own_cpu_s() - own_before)
+    return result, max(0.0, busy / max(time.perf_counter() - wall_before, 1e-9))
 
 
 def _machine_busy_s() -> float | None:

@@ -62,6 +62,8 @@ def test_measured_sweep_rows_are_sane(tmp_path):
     assert not any(r["variant"].endswith("d2-f64-32px-b2") for r in measured)  # invalid variant not measured
     env = json.loads((out / "env.json").read_text())
     assert env["matmul_ceiling_tflops"]["cpu"]["fp32"] > 0
+    assert env["matmul_ceiling_cpu_others"]["cpu"] >= 0  # the load it was measured under, from /proc/stat
+    assert all(isinstance(r["ceiling_shared"], bool) for r in ok)
     assert "fp16" not in env["matmul_ceiling_tflops"]["cpu"]  # no ceiling for a precision that cannot run
     # memory is what the step needs (far below the ~400 MiB of the process), and training needs more
     assert all(r["cpu_others"] >= 0 and isinstance(r["cpu_shared"], bool) for r in ok)  # /proc/stat read
@@ -238,6 +240,9 @@ def test_percent_of_peak_is_never_above_100():
     assert fast["pct_of_peak"] == pytest.approx(20.0) and fast["above_ceiling"] is False
     slow_ceiling = measured_figures(raw, flops_per_image=10**9, ceiling_tflops=0.0009)
     assert slow_ceiling["pct_of_peak"] is None and slow_ceiling["above_ceiling"] is True
+    assert fast["ceiling_shared"] is False  # no load recorded (a GPU, or an older run)
+    loaded = measured_figures(raw, flops_per_image=10**9, ceiling_tflops=1.0, ceiling_others=1.4)
+    assert loaded["ceiling_shared"] is True and loaded["pct_of_peak"] == pytest.approx(20.0)  # flagged, kept
 
 
 def _measured_run(directory: Path, per_call_s: list[float]) -> None:
@@ -483,3 +488,12 @@ def test_throughput_points_carry_their_interquartile_range_and_an_empty_plot_is_
                                     "mode": "eager", "layout": "nchw", "block_type": None, "upconv_type": None}])
     static = pd.DataFrame(columns=["variant", "flops_fwd"])
     assert plot_measured(measured, static, tmp_path) == [] and not list(tmp_path.glob("*.png"))
+
+
+def test_the_report_says_when_the_ceiling_was_measured_under_load(tmp_path):
+    _measured_run(tmp_path / "a", [0.0100, 0.0101, 0.0099])
+    (tmp_path / "a" / "env.json").write_text(json.dumps({"matmul_ceiling_tflops": {"cpu": {"fp32": 0.07}},
+                                                         "matmul_ceiling_cpu_others": {"cpu": 1.4}}))
+    assert main(["report", str(tmp_path / "a")]) == 0
+    text = (tmp_path / "a" / "report.md").read_text()
+    assert "measured while other processes kept 1.4 cores busy (cpu)" in text and "`ceiling_shared`" in text

@@ -189,7 +189,7 @@ class RayPlan:
                 k: worker[k] for k in ("host", "cpu", "cpu_count", "gpu", "gpu_count", "cuda", "driver") if k in worker}
         env["executor"] = self.config.describe()
         write_json_atomic(directory / ENV_FILE, env)
-        self.start_env = {k: env[k] for k in ("matmul_ceiling_tflops",) if k in env}
+        self.start_env = {k: env[k] for k in ("matmul_ceiling_tflops", "matmul_ceiling_cpu_others") if k in env}
 
     def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore,
              emit: Callable[[list[Row]], None] | None = None) -> list[Row]:
