@@ -331,3 +331,24 @@ def test_submitits_repeated_sacct_warnings_become_one_line_of_ours(tmp_path, cap
     assert len(messages) == 2 and messages[1] == "another submitit warning"
     assert messages[0].startswith("Slurm's sacct does not answer (Command '['sacct', '-o']' returned")
     assert messages[0].endswith("job states may be inaccurate until it does (said once)")
+
+
+def test_a_job_sacct_cannot_see_is_live_while_squeue_lists_it(tmp_path, monkeypatch):
+    """Accounting off: submitit says UNKNOWN for every job, so --resume resubmitted shards whose jobs were still
+    running (6 jobs for 2 shards). squeue, the controller's own view, decides then."""
+    pytest.importorskip("submitit")
+    from types import SimpleNamespace
+
+    from bench.executors import slurm as slurm_engine
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"  # lists job 7 as running, knows no other
+    squeue.write_text('#!/bin/sh\n[ "$3" = "7" ] && echo RUNNING\nexit 0\n')
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(slurm_engine, "_job", lambda cluster, logs, job_id: SimpleNamespace(state="UNKNOWN"))
+    assert slurm_engine._live("slurm", tmp_path, "7") == "RUNNING (squeue)"
+    assert slurm_engine._live("slurm", tmp_path, "8") is None  # not listed: ended, may be resubmitted
+    states = slurm_engine.job_states(tmp_path, {"jobs": {"1": ["7"], "2": ["8"]}, "executor": {"cluster": "slurm"}})
+    assert states == {"1": "job 7 RUNNING (squeue)", "2": "job 8 UNKNOWN"}

@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -185,12 +186,37 @@ def _job(cluster: str, logs: Path, job_id: str) -> submitit.Job:
     return job_class(folder=logs, job_id=job_id)
 
 
-def _live(cluster: str, logs: Path, job_id: str) -> str | None:
-    """The state of a job that has not ended (it may still write its shard), else None."""
+def squeue_state(job_id: str) -> str | None:
+    """The job's state as ``squeue`` lists it (the controller's view: no accounting needed), else None
+    (not listed: ended or forgotten, or no squeue here)."""
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        listed = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    states = [line.strip() for line in listed.stdout.splitlines() if line.strip()] if listed.returncode == 0 else []
+    return states[0] if states else None
+
+
+def job_state(cluster: str, logs: Path, job_id: str) -> str:
+    """The job's state: submitit's (sacct on Slurm); where that is unknown (accounting off, sacct failing),
+    squeue's, marked so."""
     try:
         state = str(_job(cluster, logs, job_id).state)
-    except Exception:  # sacct unreachable: treat as ended; a duplicate would stop at the shard's lock
-        return None
+    except Exception as exc:  # sacct missing or the job forgotten
+        state = f"UNKNOWN ({type(exc).__name__})"
+    if state.startswith("UNKNOWN") and cluster != "local":
+        listed = squeue_state(job_id)
+        if listed is not None:
+            return f"{listed} (squeue)"
+    return state
+
+
+def _live(cluster: str, logs: Path, job_id: str) -> str | None:
+    """The state of a job that has not ended (it may still write its shard), else None."""
+    state = job_state(cluster, logs, job_id)
     return state if any(state.startswith(s) for s in LIVE_STATES) else None
 
 
@@ -312,15 +338,12 @@ def _same_options(directory: Path, stored: MeasureOptions | None, given: Measure
 
 
 def job_states(directory: Path, state: dict[str, Any]) -> dict[str, str]:
-    """Shard index -> the state of its last job, as submitit reads it (sacct on Slurm)."""
+    """Shard index -> the state of its last job (see :func:`job_state`)."""
     logs = directory / state.get("logs", LOGS_DIR)
     cluster = state.get("executor", {}).get("cluster", "slurm")
     out = {}
     for shard, ids in state.get("jobs", {}).items():
-        try:
-            out[shard] = f"job {ids[-1]} {_job(cluster, logs, ids[-1]).state}"
-        except Exception as exc:  # sacct missing or the job forgotten: say so, do not fail the collection
-            out[shard] = f"job {ids[-1]} state unknown ({type(exc).__name__})"
+        out[shard] = f"job {ids[-1]} {job_state(cluster, logs, ids[-1])}"
     return out
 
 
