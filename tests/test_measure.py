@@ -274,7 +274,7 @@ def test_compare_measured_rows_with_a_threshold(tmp_path, capsys, after, code, v
     assert table.loc[0, "img_per_s_ratio"] == pytest.approx(0.0100 / sorted(after)[2], rel=1e-6)
 
 
-def test_resume_refuses_options_that_change_the_figures_and_accepts_new_modes(tmp_path, capsys):
+def test_resume_refuses_options_that_change_the_figures(tmp_path, capsys):
     text = TINY.replace('precision = ["fp32", "fp16"]', 'precision = ["fp32"]').replace(
         'task = ["infer", "train"]', 'task = ["infer"]').replace('include = [{ n_downs = 2, input_size = 32 }]\n', "")
     code, out = _sweep(tmp_path, text, "--launcher", "inline", "--blocks", "2")
@@ -289,10 +289,7 @@ def test_resume_refuses_options_that_change_the_figures_and_accepts_new_modes(tm
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"was measured with {message}" in err and "not be comparable" in err, err
     assert (out / "results.jsonl").read_bytes() == before  # nothing written
-    # another task or mode is rows of its own: welcome
-    assert main(["sweep", str(tmp_path / "g.toml"), "--out", str(out), "--quiet", "--resume", "--launcher", "inline",
-                 "--min-block-s", "0.02", "--blocks", "2", "--task", "train"]) == 0
-    assert {r["task"] for r in _rows(out) if r["kind"] == "measure"} == {"infer", "train"}
+    # (another task or mode is rows of its own, welcome: the compiled_sweep fixture resumes with gan_train)
 
 
 def test_compare_of_runs_with_no_measurement_in_common_says_so(tmp_path, capsys):
