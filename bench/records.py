@@ -18,7 +18,7 @@ from typing import Any, Literal
 from bench.timing import Measurement
 
 TASKS: tuple[str, ...] = ("infer", "train", "gan_train")
-# "nectargan": NectarGAN's own training loop (bench.baseline), the baseline of every speed-up
+# "nectargan": NectarGAN's own training loop (bench.nectargan_loop), the baseline of every speed-up
 MODES: tuple[str, ...] = ("eager", "compile", "compile-reduce-overhead", "compile-max-autotune", "nectargan")
 BASELINE_MODE = "nectargan"
 BASELINE_TASKS: tuple[str, ...] = ("train", "gan_train")

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.baseline import nectargan_g_step, nectargan_gan_step
 from bench.energy import EnergyTimer, open_meter
+from bench.nectargan_loop import nectargan_g_step, nectargan_gan_step
 from bench.records import COMPILE_MODES, MeasureConfig, RawMeasurement
 from bench.timing import default_timer, measure_interleaved
 from bench.variant import VariantSpec
@@ -66,7 +66,7 @@ def build_workload(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, 
     ``infer`` is a no-grad forward; ``train`` is the generator alone: forward, L1 against a random target,
     backward and an Adam step with the trainer's defaults (fused where supported; a GradScaler for fp16);
     ``gan_train`` is the trainer's own :class:`~nectargan.train.step.Pix2PixStep` (G and a PatchGAN D).
-    Mode ``nectargan`` runs NectarGAN's own loop instead (:mod:`bench.baseline`): eager fp32, NCHW.
+    Mode ``nectargan`` runs NectarGAN's own loop instead (:mod:`bench.nectargan_loop`): eager fp32, NCHW.
     """
     torch.manual_seed(seed)
     fmt = _format(cfg)

@@ -287,7 +287,7 @@ def _first_target(study: optuna.Study):
 
 def _grid(study: optuna.Study, storage_url: str, answer: Answer, out: Path) -> tuple[Path | None, list[str]]:
     """The image grid, uploaded as a study artifact when it changed."""
-    from studies.grid import write_grid
+    from studies.image_grid import write_grid
 
     columns: list[tuple[str, FrozenTrial]] = []
     if answer.baseline is not None:

@@ -347,7 +347,7 @@ def test_the_mkldnn_workaround_reaches_the_child_and_the_row(tmp_path):
 
 def test_nectargan_loops_sync_every_loss_and_step_both_networks(monkeypatch):
     """The baseline is NectarGAN's loop: plain Adam, D called twice for its loss, an .item() per loss."""
-    from bench.baseline import nectargan_g_step, nectargan_gan_step
+    from bench.nectargan_loop import nectargan_g_step, nectargan_gan_step
     from nectargan.models import Discriminator, UnetGenerator
 
     g, d = UnetGenerator(32, features=4, n_downs=3), Discriminator(base_channels=4, n_layers=2)

@@ -719,7 +719,7 @@ def test_a_command_counts_only_the_trials_it_added(tmp_path, sample_dataset):
 
 
 def test_grid_labels_wrap_inside_their_column():
-    from studies.grid import _wrap
+    from studies.image_grid import _wrap
 
     def width(text: str) -> float:
         return 6.0 * len(text)  # a 6-pixel-per-character font
