@@ -161,22 +161,22 @@ def merged_rows(directories: Iterable[str | os.PathLike[str]]) -> list[Row]:
     """Rows of several run directories (shards, or runs that measured different things).
 
     A row found in several (a static row: the same variant's counts) is kept once, the last one. A
-    measurement found in two directories is refused: one of the two would silently replace the other (two runs of the
-    same measurements are for ``compare``)."""
+    measurement found in two directories is refused: one would silently replace the other (two runs of
+    the same measurements are for ``compare``)."""
     merged = MemoryStore()
-    source: dict[str, str] = {}
+    measured_in: dict[str, str] = {}  # measurement key -> the directory that holds it
     for directory in directories:
         store = JsonlStore(directory)
         if not store.path.is_file():
             raise NectarGANError(f"{directory} holds no {RESULTS_FILE}: is it a sweep's output folder?")
-        for row in store.iter_rows():
-            key = str(row.get("key"))
-            if row.get("kind") == "measure" and source.get(key, str(directory)) != str(directory):
-                common = sum(1 for r in store.iter_rows() if r.get("kind") == "measure" and str(r.get("key")) in source)
-                raise NectarGANError(
-                    f"{source[key]} and {directory} both hold the measurement {key!r} ({common} in common): merging "
-                    "would keep only one of each; compare two runs of the same measurements with 'nectargan-bench "
-                    "compare A B', and merge only runs (or shards) that measured different things")
-            source[key] = str(directory)
+        rows = list(store.iter_rows())
+        clash = [str(r["key"]) for r in rows if r.get("kind") == "measure" and str(r["key"]) in measured_in]
+        if clash:
+            raise NectarGANError(
+                f"{measured_in[clash[0]]} and {directory} both hold the measurement {clash[0]!r} ({len(clash)} in "
+                "common): merging would keep only one of each; compare two runs of the same measurements with "
+                "'nectargan-bench compare A B', and merge only runs (or shards) that measured different things")
+        measured_in |= {str(r["key"]): str(directory) for r in rows if r.get("kind") == "measure"}
+        for row in rows:
             merged.append(row)
     return list(merged.iter_rows())

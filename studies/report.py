@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,20 +105,18 @@ def _fmt(value: Any) -> str:
 
 # How the report's tables show these columns (trials.csv keeps every digit): dB to 2 decimals, parameters in
 # millions, speeds to one decimal.
-COLUMN_FORMATS: dict[str, str] = {
-    "val_psnr": "{:.2f}", "dB vs baseline": "{:+.2f}", "val_ssim": "{:.3f}", "SSIM vs baseline": "{:+.3f}",
-    "infer_img_per_s": "{:,.1f}", "train_img_per_s": "{:,.1f}", "speed-up": "{:.2f}x", "gflops": "{:.3g}",
-    "params": "{:.2f} M",
+COLUMN_FORMATS: dict[str, Callable[[float], str]] = {
+    "val_psnr": "{:.2f}".format, "dB vs baseline": "{:+.2f}".format, "val_ssim": "{:.3f}".format,
+    "SSIM vs baseline": "{:+.3f}".format, "infer_img_per_s": "{:,.1f}".format, "train_img_per_s": "{:,.1f}".format,
+    "speed-up": "{:.2f}x".format, "gflops": "{:.3g}".format, "params": lambda v: f"{v / 1e6:.2f} M",
 }
 
 
 def _shown(column: str, value: Any) -> str:
     form = COLUMN_FORMATS.get(column)
-    if form is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
+    if form is None or isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         return _fmt(value)
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    return form.format(value / 1e6 if column == "params" else value)
+    return form(value)
 
 
 def _table(rows: list[dict]) -> str:
