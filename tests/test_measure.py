@@ -322,7 +322,7 @@ layout = ["nchw", "channels_last"]
 """
     # the corrupted heap sometimes spins instead of aborting: short limits (every phase of this tiny step
     # takes well under a second) turn that into a timeout row within seconds
-    code, out = _sweep(tmp_path, text, "--blocks", "2", "--timeout", "10", "--block-timeout", "4")
+    code, out = _sweep(tmp_path, text, "--blocks", "2", "--timeout", "6", "--block-timeout", "3")
     rows = {r["layout"]: r for r in _rows(out) if r["kind"] == "measure"}
     assert rows["nchw"]["status"] == "ok"
     crashed = rows["channels_last"]

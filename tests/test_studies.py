@@ -331,7 +331,7 @@ def test_baseline_settings_scale_to_the_image_size():
 
 
 def _kill_mid_trial_and_retry(storage: str, tmp_path: Path, data: Path, name: str) -> None:
-    config = _config(tmp_path, data, name=name, budget="seconds = 6\nsteps = 100000\neval_every = 100000")
+    config = _config(tmp_path, data, name=name, budget="seconds = 4\nsteps = 100000\neval_every = 100000")
     cmd = [sys.executable, "-m", "cli", "study", config, "--storage", storage, "--study-name", name,
            "--n-trials", "1", "--heartbeat", "1", "--quiet", "--out", str(tmp_path / "out-killed")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
