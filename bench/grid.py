@@ -24,16 +24,15 @@ model rejects (``n_downs = 2``) becomes an ``invalid`` row in the sweep, with th
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from bench.executors import ExecutorError, executor_config
-from bench.records import LAYOUTS, MODES, TASKS
-from bench.tomlfile import check_keys, number, parse_toml, read_toml, unknown_key
+from bench.options import MEASURE_KEYS, check_measure_value
+from bench.tomlfile import check_keys, parse_toml, read_toml, unknown_key
 from bench.variant import VariantSpec
-from nectargan.errors import NectarGANError, did_you_mean
-from nectargan.runtime import PRECISIONS
+from nectargan.errors import NectarGANError
 
 BUILTIN_GRIDS = Path(__file__).parent / "grids"
 
@@ -42,26 +41,10 @@ def builtin_grid_names() -> list[str]:
     """The built-in grids (``bench/grids/*.toml``) by name: the one list the help, errors and tests use."""
     return sorted(p.stem for p in BUILTIN_GRIDS.glob("*.toml"))
 
-# Axis -> the Python type its values must have (checked strictly: a bool is not an int).
-AXES: dict[str, type] = {
-    "n_downs": int,
-    "features": int,
-    "block_type": str,
-    "upconv_type": str,
-    "input_size": int,
-    "in_channels": int,
-    "out_channels": int,
-    "use_dropout_layers": int,
-    "batch_size": int,
-}
+# Axis -> the Python type its values must have (checked strictly: a bool is not an int): VariantSpec's fields.
+AXES: dict[str, type] = {f.name: str if f.type == "str" else int for f in fields(VariantSpec)}
 GRID_KEYS = [*AXES, "exclude", "include"]
 TOP_LEVEL_KEYS = ["grid", "measure", "executor", "description"]
-# Options of measured sweeps: names take a value or a list from their choices; numbers one value.
-MEASURE_CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "mode": MODES, "precision": PRECISIONS,
-                                               "layout": LAYOUTS}
-# Every key of [measure]: the fields of bench.measure.MeasureOptions (a test holds the two lists together).
-MEASURE_KEYS = [*MEASURE_CHOICES, "device", "threads", "timeout_s", "block_timeout_s", "cpu_mkldnn", "d_layers",
-                "d_features", "blocks", "min_block_s", "launcher", "warm_compile", "inductor_cache", "max_batch"]
 
 
 class GridError(NectarGANError, ValueError):
@@ -150,7 +133,7 @@ def _grid_from(data: dict[str, Any], name: str, source: str, sha256: str) -> Gri
         raise GridError(f"{where}: 'measure' must be a table ([measure])")
     check_keys(where, "[measure]", measure, MEASURE_KEYS, GridError)
     for key, value in measure.items():
-        check_measure_value(key, value, f"{where}: [measure].{key}")
+        check_measure_value(key, value, f"{where}: [measure].{key}", GridError)
     executor = data.get("executor", {})
     if not isinstance(executor, dict):
         raise GridError(f"{where}: 'executor' must be a table ([executor])")
@@ -160,32 +143,6 @@ def _grid_from(data: dict[str, Any], name: str, source: str, sha256: str) -> Gri
         raise GridError(str(exc)) from None
     return Grid(name=name, axes=axes, exclude=exclude, include=include, measure=measure, executor=executor,
                 description=description, source=source, sha256=sha256)
-
-
-def check_measure_value(key: str, value: Any, where: str) -> None:
-    """A ``[measure]`` value (or the same option given another way): names from their choices, a
-    device name, threads >= 1, timeout_s > 0 and so on; ``where`` names it in the error."""
-    if key in MEASURE_CHOICES:
-        values = value if isinstance(value, list | tuple) else [value]
-        if not values:
-            raise GridError(f"{where} is empty; give at least one of {', '.join(MEASURE_CHOICES[key])}")
-        for item in values:
-            if item not in MEASURE_CHOICES[key]:
-                raise GridError(f"{where}: {key} {item!r} is not valid{did_you_mean(str(item), MEASURE_CHOICES[key])}; "
-                                f"use {', '.join(MEASURE_CHOICES[key])}")
-    elif key == "device":
-        if isinstance(value, list):
-            value = value[0] if len(value) == 1 else value
-        if not isinstance(value, str) or not value:
-            raise GridError(f"{where} = {value!r} must be one device name: cpu, cuda, cuda:N or cuda:all")
-    elif key in ("threads", "blocks", "max_batch", "d_layers", "d_features"):
-        number(where, value, GridError, kind=int, minimum=1)
-    elif key in ("timeout_s", "block_timeout_s", "min_block_s"):
-        number(where, value, GridError, above=0)
-    elif key in ("cpu_mkldnn", "warm_compile") and not isinstance(value, bool):
-        raise GridError(f"{where} = {value!r} must be true or false")
-    elif key in ("launcher", "inductor_cache") and (not isinstance(value, str) or not value):
-        raise GridError(f"{where} = {value!r} must be a non-empty string")
 
 
 def _check_type(where: str, axis: str, value: Any) -> None:

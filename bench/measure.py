@@ -1,6 +1,6 @@
 """Measured sweeps: throughput, latency, memory and compile cost of each variant, in measuring children.
 
-:class:`MeasuredPlan` is the sweep plan (see :func:`bench.sweep.run_sweep`). For each valid variant it
+:class:`MeasuredPlan` is the sweep plan (see :func:`bench.sweep.run_plan`). For each valid variant it
 writes the static row (FLOPs are needed for TFLOP/s), then sends one :class:`~bench.records.MeasureJob`
 to a launcher: every (task, mode, precision, layout) at the variant's batch size, the modes of one
 group measured interleaved in the same child. A configuration that runs out of memory, raises,
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.env import ENV_FILE, read_env, write_json_atomic
-from bench.grid import Grid, check_measure_value
 from bench.launcher import LAUNCHERS, Launcher, OnMeasured, PhaseLimits
+from bench.options import MeasureOptions
 from bench.records import (
     BASELINE_MODE,
     BASELINE_TASKS,
@@ -30,103 +30,37 @@ from bench.records import (
     MeasureConfig,
     MeasureJob,
     RawMeasurement,
-    measured_figures,
 )
-from bench.store import JsonlStore, Row
-from bench.sweep import STATIC_KIND, EmitRows, StaticPlan, SweepPlan, base_row, static_key, static_row
+from bench.rows import (
+    AnyRow,
+    ConfigColumns,
+    Failure,
+    MeasuredRow,
+    RowKey,
+    StaticRow,
+    failed_row,
+    measured_figures,
+    row_from_dict,
+    static_columns,
+)
+from bench.store import JsonlStore
+from bench.sweep import EmitRows, StaticPlan, SweepPlan, static_key, static_row
 from bench.variant import VariantSpec
-from nectargan.errors import NectarGANError
-from nectargan.runtime import Device, default_layouts, default_precision, precision_reason, resolve_devices
+from nectargan.runtime import Device, precision_reason, resolve_devices
 from nectargan.train.config import TrainConfig
 
-MEASURE_KIND = "measure"
-DEFAULT_TIMEOUT_S = 1800.0
-DEFAULT_BLOCK_TIMEOUT_S = 300.0
 INDUCTOR_CACHE = "inductor-cache"
 
 
-@dataclass
-class MeasureOptions:
-    """How a measured sweep measures: what (tasks x modes x precisions x layouts), where and how long."""
+class Flops(NamedTuple):
+    """FLOPs per image of the generator: forward, and forward + backward."""
 
-    tasks: list[str]
-    modes: list[str]
-    precisions: list[str]
-    layouts: list[str]
-    device: str = "cpu"
-    threads: int | None = None
-    timeout_s: float = DEFAULT_TIMEOUT_S  # per phase without progress: start, build, compile, check
-    block_timeout_s: float = DEFAULT_BLOCK_TIMEOUT_S  # per phase without progress: warm-up, timed blocks
-    cpu_mkldnn: bool = True  # False: torch.backends.mkldnn off in the child (a workaround, see README)
-    d_layers: int = TrainConfig.d_layers  # the discriminator of gan_train
-    d_features: int = TrainConfig.d_features
-    blocks: int = 5
-    min_block_s: float = 0.2
-    launcher: str = "subprocess"
-    warm_compile: bool = True
-    inductor_cache: str | None = None
-    max_batch: int | None = None
-
-
-# The launcher of a CPU sweep: children forked from a server that imported torch once (start-up in well under
-# a second). CUDA keeps plain subprocesses: forking a CUDA host process is only safe before CUDA is
-# initialised, which the fork server guarantees but no GPU has checked yet.
-DEFAULT_CPU_LAUNCHER = "forkserver"
-
-
-def default_launcher(device: str) -> str:
-    from bench.launcher import fork_server_available
-
-    if Device.parse(device).cuda or not fork_server_available():
-        return "subprocess"
-    return DEFAULT_CPU_LAUNCHER
-
-
-def _listed(value: Any) -> list[Any]:
-    return list(dict.fromkeys(value if isinstance(value, list) else [value]))
-
-
-def _single(value: Any) -> Any:
-    return value[0] if isinstance(value, list) else value
-
-
-def measure_options(grid: Grid, device: str | None = None, **overrides: Any) -> MeasureOptions:
-    """The grid's ``[measure]`` values, explicit ``overrides`` on top, then the defaults for the device.
-
-    Every value is checked (names, types, ranges) before anything runs; a bad one is one line naming
-    the setting.
-    """
-    given = {k: v for k, v in overrides.items() if v not in (None, [], ())}
-    for key, value in given.items():
-        check_measure_value(key, value, f"measure option {key}")
-    table = dict(grid.measure) | given
-    parsed = Device.parse(device or _single(table.get("device", "cpu")))
-    if parsed.kind == "auto":  # decided here, first, so that the defaults below are this device's
-        parsed = Device.parse(parsed.resolve()[0].partition(":")[0])
-    device = parsed.label
-    if table.get("launcher", "subprocess") not in LAUNCHERS:
-        raise NectarGANError(f"launcher={table['launcher']!r} is not valid: use {', '.join(LAUNCHERS)}")
-    table.setdefault("launcher", default_launcher(device))
-    keep = {k: _single(table[k]) for k in ("threads", "timeout_s", "block_timeout_s", "cpu_mkldnn", "d_layers",
-                                          "d_features", "blocks",
-                                          "min_block_s", "launcher", "warm_compile", "inductor_cache", "max_batch")
-            if k in table}
-    return MeasureOptions(
-        tasks=_listed(table.get("task", ["infer", "train"])),
-        modes=_listed(table.get("mode", ["eager", "compile"])),
-        precisions=_listed(table.get("precision", [default_precision(parsed)])),
-        layouts=_listed(table.get("layout", default_layouts(parsed))),
-        device=device, **keep,
-    )
+    forward: int
+    train: int
 
 
 def measure_key(spec: VariantSpec, cfg: MeasureConfig, device: str) -> str:
-    key = f"{MEASURE_KIND}|{spec.key}|{cfg.task}|{cfg.mode}|{cfg.precision}|{cfg.layout}|{device}"
-    if cfg.task == "gan_train":
-        key += f"|D{cfg.d_layers}x{cfg.d_features}"
-    if cfg.batch_size != spec.batch_size:  # the baseline at NectarGAN's batch 1, beside a larger batch
-        key += f"|b{cfg.batch_size}"
-    return key
+    return str(RowKey.measured(spec, cfg, device))
 
 
 def measure_configs(spec: VariantSpec, options: MeasureOptions) -> list[MeasureConfig]:
@@ -171,26 +105,14 @@ def config_reason(spec: VariantSpec, cfg: MeasureConfig, device: str) -> str | N
     return reason
 
 
-def measured_row(spec: VariantSpec, cfg: MeasureConfig, device: str, threads: int | None) -> Row:
-    """The identifying columns of a measured row: the variant, its config and the device."""
-    row = base_row(MEASURE_KIND, measure_key(spec, cfg, device), spec) | {
-        "task": cfg.task, "mode": cfg.mode, "precision": cfg.precision, "layout": cfg.layout,
-        "batch_size": cfg.batch_size, "device": device, "threads": threads,
-    }
-    if cfg.task == "gan_train":
-        row |= {"d_layers": cfg.d_layers, "d_features": cfg.d_features}
-    return row
-
-
 class MeasuredPlan:
     """The static row, then every measured configuration of each valid variant (see the module docstring)."""
 
-    def __init__(self, options: MeasureOptions, launcher: Launcher | None = None,
-                 devices: list[str] | None = None) -> None:
+    def __init__(self, options: MeasureOptions, devices: list[str] | None = None) -> None:
         """``devices``: the devices as the measuring host names them, when that is not this machine (a
         cluster's driver computes the row keys of GPUs it does not have); default: resolved here."""
         self.options = options
-        self._launcher = launcher
+        self._launcher: Launcher | None = None
         self._devices = devices
         self.ceilings: dict[str, dict[str, float]] = {}
         self.ceiling_others: dict[str, float | None] = {}
@@ -221,15 +143,14 @@ class MeasuredPlan:
         if self._launcher is not None:
             self._launcher.close()
 
-    def failed_rows(self, spec: VariantSpec, device: str, done: set[str], status: str, reason: str) -> list[Row]:
-        rows = [] if static_key(spec) in done else [base_row(STATIC_KIND, static_key(spec), spec)
-                                                     | {"status": status, "reason": reason}]
+    def failed_rows(self, spec: VariantSpec, device: str, done: set[str], failure: Failure) -> list[AnyRow]:
+        rows: list[AnyRow] = [] if static_key(spec) in done else [failed_row(static_columns(spec), failure)]
         if spec.invalid_reason() is None:
-            rows += [measured_row(spec, cfg, device, self.options.threads) | {"status": status, "reason": reason}
+            rows += [failed_row(self._columns(spec, cfg, device), failure)
                      for cfg in measure_configs(spec, self.options) if measure_key(spec, cfg, device) not in done]
         return rows
 
-    def start(self, directory: Path, store: JsonlStore) -> None:
+    def start(self, directory: Path) -> None:
         """Measure the matmul ceilings once per run (kept in env.json, reused on resume)."""
         self.directory = directory
         env = read_env(directory) or {}
@@ -264,7 +185,7 @@ class MeasuredPlan:
         return {device: envelope.ceilings}, {device: envelope.ceiling_others}
 
     def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore,
-             emit: EmitRows | None = None) -> list[Row]:
+             emit: EmitRows | None = None) -> list[AnyRow]:
         static = static_row(spec) if static_key(spec) not in done else None
         rows = [static] if static else []
         if static and emit is not None:
@@ -273,7 +194,7 @@ class MeasuredPlan:
             rows += self.measure_variant(spec, device, _static_flops(spec, static, store), done, emit)
         return rows
 
-    def _flops_per_image(self, spec: VariantSpec, cfg: MeasureConfig, flops: dict[str, int]) -> int:
+    def _flops_per_image(self, spec: VariantSpec, cfg: MeasureConfig, flops: Flops) -> int:
         """FLOPs per image of the task: G forward, G forward + backward, or the whole GAN step."""
         if cfg.task == "gan_train":
             key = (spec, cfg.d_layers, cfg.d_features)
@@ -282,11 +203,11 @@ class MeasuredPlan:
 
                 self._gan_flops[key] = gan_step_flops(spec, int(cfg.d_layers or 0), int(cfg.d_features or 0))
             return self._gan_flops[key]
-        return flops["flops_train" if cfg.task == "train" else "flops_fwd"]
+        return flops.train if cfg.task == "train" else flops.forward
 
     def _measure_isolated(self, spec: VariantSpec, configs: list[MeasureConfig], job_device: str,
                           env: dict[str, str], on_measured: OnMeasured | None = None,
-                          ) -> tuple[dict[MeasureConfig, RawMeasurement], dict[MeasureConfig, Row], int | None]:
+                          ) -> tuple[dict[MeasureConfig, RawMeasurement], dict[MeasureConfig, Failure], int | None]:
         """Measure ``configs``; a configuration that fails costs only itself: the rest are measured again
         (the launcher gives a fresh child after any failure). Each pass ends with every configuration
         measured or one more failed, so there are at most ``len(configs)`` passes. ``on_measured`` hears
@@ -296,7 +217,7 @@ class MeasuredPlan:
         """
         options = self.options
         raws: dict[MeasureConfig, RawMeasurement] = {}
-        failures: dict[MeasureConfig, Row] = {}
+        failures: dict[MeasureConfig, Failure] = {}
         pending, threads = list(configs), options.threads
         while pending:
             job = MeasureJob(job_device, spec.to_dict(), pending, options.blocks, options.min_block_s,
@@ -306,35 +227,33 @@ class MeasuredPlan:
             raws |= {raw.config: raw for raw in envelope.measurements if raw.config in pending}
             pending = [c for c in pending if c not in raws]
             if envelope.status == "ok":
-                failures |= {c: {"status": "error", "reason": "the child returned no result for this configuration"}
+                failures |= {c: Failure("error", "the child returned no result for this configuration")
                              for c in pending}
                 break
             # the configuration that was running failed; a failure no configuration owns takes them all
             culprits = [envelope.failed_config] if envelope.failed_config in pending else list(pending)
-            failures |= {c: {"status": envelope.status, "reason": envelope.error} for c in culprits}
+            failures |= {c: Failure(envelope.status, envelope.error) for c in culprits}
             pending = [c for c in pending if c not in culprits]
         return raws, failures, threads
 
-    def _row(self, spec: VariantSpec, cfg: MeasureConfig, device: str) -> Row:
+    def _columns(self, spec: VariantSpec, cfg: MeasureConfig, device: str) -> dict[str, Any]:
         """A measured row's identifying columns, with the CPU's oneDNN setting where it applies."""
-        extra = {"cpu_mkldnn": self.options.cpu_mkldnn} if device == "cpu" else {}
-        return measured_row(spec, cfg, device, self.options.threads) | extra
+        mkldnn = self.options.cpu_mkldnn if not Device.parse(device).cuda else None
+        return ConfigColumns.of(spec, cfg, device, self.options.threads, mkldnn)
 
-    def _ok_row(self, spec: VariantSpec, raw: RawMeasurement, device: str, flops: dict[str, int],
-                threads: int | None, warm: RawMeasurement | None = None) -> Row:
+    def _ok_row(self, spec: VariantSpec, raw: RawMeasurement, device: str, flops: Flops,
+                threads: int | None, warm: RawMeasurement | None = None) -> MeasuredRow:
         cfg = raw.config
         per_image = self._flops_per_image(spec, cfg, flops)
-        return self._row(spec, cfg, device) | {
-            "status": "ok", "reason": "", "flops_per_img": per_image,
-            **measured_figures(raw, per_image, self.ceilings.get(device, {}).get(cfg.precision),
-                               self.ceiling_others.get(device)),
-            "compile_warm_s": warm.first_call_s if warm else None,
-            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "threads": raw.threads or threads,
-        }
+        figures = measured_figures(raw, per_image, self.ceilings.get(device, {}).get(cfg.precision),
+                                   self.ceiling_others.get(device))
+        return MeasuredRow(**(self._columns(spec, cfg, device) | {"threads": raw.threads or threads}), **figures,
+                           flops_per_img=per_image, compile_warm_s=warm.first_call_s if warm else None,
+                           finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
-    def measure_variant(self, spec: VariantSpec, device: str, flops: dict[str, int],
-                        done: set[str] | frozenset[str] = frozenset(), emit: EmitRows | None = None) -> list[Row]:
+    def measure_variant(self, spec: VariantSpec, device: str, flops: Flops,
+                        done: set[str] | frozenset[str] = frozenset(), emit: EmitRows | None = None,
+                        ) -> list[AnyRow]:
         """The measured rows of one variant on one device that are not ``done`` (configs that cannot run
         become invalid rows).
 
@@ -344,14 +263,14 @@ class MeasuredPlan:
         and every row when the largest batch is probed after all groups.
         """
         options = self.options
-        rows: list[Row] = []
+        rows: list[AnyRow] = []
         runnable = []
         for cfg in measure_configs(spec, options):
             if measure_key(spec, cfg, device) in done:
                 continue
             reason = config_reason(spec, cfg, device)
             if reason:
-                rows.append(measured_row(spec, cfg, device, options.threads) | {"status": "invalid", "reason": reason})
+                rows.append(failed_row(self._columns(spec, cfg, device), Failure("invalid", reason)))
             else:
                 runnable.append(cfg)
         if rows and emit is not None:
@@ -377,24 +296,25 @@ class MeasuredPlan:
         for cfg in runnable:
             raw = raws.get(cfg)
             if raw is None:
-                rows.append(self._row(spec, cfg, device) | failures[cfg])
+                rows.append(failed_row(self._columns(spec, cfg, device), failures[cfg]))
                 continue
             warm_raw = warm.measurement(cfg) if warm is not None else None
             rows.append(self._ok_row(spec, raw, device, flops, threads, warm_raw))
         return rows
 
 
-def _static_flops(spec: VariantSpec, static: Row | None, store: JsonlStore) -> dict[str, int]:
-    """FLOPs per image from the variant's static row (just written, or in the store when resuming)."""
+def _static_flops(spec: VariantSpec, static: AnyRow | None, store: JsonlStore) -> Flops:
+    """FLOPs per image (forward, forward + backward) from the variant's static row (just written, or in the
+    store when resuming), else counted now."""
     if static is None:
         key = static_key(spec)
-        static = next((r for r in store.iter_rows() if r["key"] == key), None)
-    if static is None or static.get("status") != "ok":
+        static = next((row_from_dict(r) for r in store.iter_rows() if r["key"] == key), None)
+    if not isinstance(static, StaticRow):
         from bench.profile import flop_counter_counts
 
         fwd, _conv, train = flop_counter_counts(spec)
-        return {"flops_fwd": fwd, "flops_train": train}
-    return {"flops_fwd": static["flops_fwd"], "flops_train": static["flops_train"]}
+        return Flops(fwd, train)
+    return Flops(static.flops_fwd, static.flops_train)
 
 
 def plan_for(options: MeasureOptions | None, devices: list[str] | None = None) -> SweepPlan:

@@ -18,7 +18,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,32 +26,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.records import MIB
+from bench.rows import StaticCounts
 from bench.variant import VariantSpec
 from nectargan.models.unet.blocks import ResidualUnetBlock, UnetBlock
 from nectargan.models.unet.model import UnetGenerator, build_channel_map
 
 BYTES_PER_FP32 = 4
-
-
-@dataclass(frozen=True)
-class StaticProfile:
-    """Counts for one variant, per image. Warnings say what did not add up."""
-
-    params: int
-    param_mib: float
-    macs: int
-    flops_fwd: int
-    flops_train: int
-    conv_macs_analytic: int | None
-    conv_macs_fvcore: int
-    conv_flops_counter: int
-    activations: int
-    counts_agree: bool
-    warnings: list[str] = field(default_factory=list)
-    fvcore_unsupported: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def conv_macs_analytic(spec: VariantSpec) -> int | None:
@@ -202,7 +182,7 @@ def fvcore_counts(spec: VariantSpec, model: nn.Module | None = None) -> FvcoreCo
     return FvcoreCounts(total, conv, activations, unsupported, by_module)
 
 
-def profile_static(spec: VariantSpec, fv: FvcoreCounts | None = None) -> StaticProfile:
+def profile_static(spec: VariantSpec, fv: FvcoreCounts | None = None) -> StaticCounts:
     """Count everything for one valid variant (raises for an invalid one).
 
     ``fv`` reuses fvcore counts already taken for this variant (fvcore runs a real forward).
@@ -219,7 +199,7 @@ def profile_static(spec: VariantSpec, fv: FvcoreCounts | None = None) -> StaticP
         warnings.append(f"conv counts disagree: analytic {analytic} MACs != fvcore {fv.conv} MACs")
     if analytic is None:
         warnings.append(f"no closed form for block {spec.block_type!r}: analytic count skipped")
-    return StaticProfile(
+    return StaticCounts(
         params=params,
         param_mib=params * BYTES_PER_FP32 / MIB,
         macs=fv.total,

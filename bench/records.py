@@ -4,7 +4,7 @@ The parent sends one *job* (:class:`CeilingJob`, :class:`MeasureJob` or :class:`
 child answers with one :class:`Envelope`: a status, the raw measurements (block times, first-call
 time, memory in bytes, dynamo counts, output error) and an error text. Both travel as JSON with a
 ``kind`` tag. Derived figures (median, img/s, TFLOP/s, % of peak, noisy, error flag) are computed in
-one place, :func:`measured_figures`, from the raw ones; the results store keeps flat JSON rows.
+one place, :func:`bench.rows.measured_figures`, from the raw ones; the results store keeps flat JSON rows.
 
 This module does not import torch, so the parent can plan and record without it.
 """
@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
-
-from bench.timing import Measurement
 
 TASKS: tuple[str, ...] = ("infer", "train", "gan_train")
 # "nectargan": NectarGAN's own training loop (bench.nectargan_loop), the baseline of every speed-up
@@ -216,51 +214,3 @@ class ProgressNote:
     def where(self) -> str:
         """``phase 'block' of train/compile/fp32/nchw`` (for reasons in rows)."""
         return f"phase {self.phase!r}" + (f" of {self.config.label}" if self.config else "")
-
-
-def measured_figures(raw: RawMeasurement, flops_per_image: int, ceiling_tflops: float | None,
-                     ceiling_others: float | None = None) -> dict[str, Any]:
-    """The derived columns of a measured row: the one place they are computed.
-
-    Timing statistics come from :class:`bench.timing.Measurement` (median and IQR over blocks), TFLOP/s
-    from the static FLOPs per image, % of peak against the run's matmul ceiling for the precision;
-    ``ceiling_shared`` when other processes kept the CPU busy while that ceiling was measured (a ceiling
-    measured low makes every % of peak high).
-    """
-    cfg = raw.config
-    timing = Measurement(block_s=list(raw.block_s), calls_per_block=raw.calls_per_block)
-    median = timing.median_s
-    tflops = flops_per_image * cfg.batch_size / median / 1e12
-    pct = 100 * tflops / ceiling_tflops if ceiling_tflops else None
-    figures: dict[str, Any] = {
-        "median_ms": median * 1e3, "iqr_ms": timing.iqr_s * 1e3, "min_ms": timing.min_s * 1e3,
-        "img_per_s": cfg.batch_size / median, "tflops": tflops,
-        # above 100 % the ceiling was not one: say so rather than print an impossible share
-        "pct_of_peak": pct if pct is not None and pct <= 100 else None,
-        "above_ceiling": pct is not None and pct > 100, "noisy": timing.noisy,
-        "ceiling_shared": ceiling_others is not None and ceiling_others > CPU_SHARED_CORES,
-        "blocks": len(raw.block_s), "calls_per_block": raw.calls_per_block, "measure_s": timing.total_s,
-        "block_s": list(raw.block_s),
-        "peak_mem_mib": raw.peak_mem_bytes / MIB if raw.peak_mem_bytes is not None else None,
-        "peak_reserved_mib": raw.peak_reserved_bytes / MIB if raw.peak_reserved_bytes is not None else None,
-        "recompiles": raw.recompiles if cfg.compiled else 0,
-    }
-    if cfg.compiled:
-        figures |= {"compile_s": raw.first_call_s, "graph_breaks": raw.graph_breaks}
-    if raw.max_rel_err is not None:
-        figures |= {"max_rel_err": raw.max_rel_err, "err_flag": raw.max_rel_err > TOLERANCE[cfg.precision],
-                    "err_check": raw.check}
-    figures["timed_with"] = ",".join(raw.timed_with)
-    if raw.max_batch is not None:
-        figures["max_batch"] = raw.max_batch
-    if raw.energy_j is not None and timing.total_s > 0:
-        images = len(raw.block_s) * raw.calls_per_block * cfg.batch_size
-        figures |= {"joules_per_img": raw.energy_j / images, "avg_power_w": raw.energy_j / timing.total_s}
-    if raw.cpu_others is not None:
-        figures |= {"cpu_others": raw.cpu_others, "cpu_shared": raw.cpu_others > CPU_SHARED_CORES}
-    if raw.sm_clock_before_mhz is not None or raw.throttle_reasons is not None:
-        figures |= {"sm_clock_before_mhz": raw.sm_clock_before_mhz, "sm_clock_after_mhz": raw.sm_clock_after_mhz,
-                    "throttle_reasons": raw.throttle_reasons,
-                    "throttled": bool(raw.throttle_reasons & THROTTLE_MASK) if raw.throttle_reasons is not None
-                    else None, "gpu_shared": raw.gpu_shared}
-    return figures

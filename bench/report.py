@@ -7,48 +7,28 @@ and GFLOPs happens only in the markdown.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from bench import rows as rows_schema
 from bench.env import ENV_FILE, read_env, write_json_atomic
+from bench.plots import PLOT_FILE, plot_measured, plot_params_vs_gflops
 from bench.records import BASELINE_MODE, BASELINE_TASKS, COMPILE_MODES, CPU_SHARED_CORES
-from bench.store import RUNS_ROOT, JsonlStore, MemoryStore, Row, merged_rows, new_run_dir, write_rows_atomic
+from bench.store import JsonlStore, MemoryStore, Row, merged_rows, new_run_dir, write_rows_atomic
 from nectargan.errors import NectarGANError
 
-VARIANT_COLUMNS = [
-    "variant", "n_downs", "features", "block_type", "upconv_type", "input_size", "in_channels",
-    "out_channels", "use_dropout_layers", "batch_size",
-]
-STATIC_COLUMNS = [
-    *VARIANT_COLUMNS, "status", "reason", "params", "param_mib", "macs", "flops_fwd", "flops_train",
-    "conv_macs_analytic", "conv_macs_fvcore", "conv_flops_counter", "counts_agree", "activations",
-    "warnings", "profile_s",
-]
-INT_COLUMNS = [
-    "n_downs", "features", "input_size", "in_channels", "out_channels", "use_dropout_layers", "batch_size",
-    "params", "macs", "flops_fwd", "flops_train", "conv_macs_analytic", "conv_macs_fvcore",
-    "conv_flops_counter", "activations",
-]
-# Columns compared by `compare` (ratio B/A), in this order, when both runs have them.
-COMPARED = ["params", "macs", "flops_fwd", "flops_train", "activations"]
-PLOT_FILE = "params_vs_gflops.png"
-MEASURE_COLUMNS = [
-    *VARIANT_COLUMNS, "task", "mode", "precision", "layout", "device", "threads", "status", "reason",
-    "median_ms", "iqr_ms", "min_ms", "img_per_s", "tflops", "pct_of_peak", "noisy", "peak_mem_mib",
-    "peak_reserved_mib", "compile_s", "compile_warm_s", "graph_breaks", "recompiles", "max_rel_err", "err_flag",
-    "blocks", "calls_per_block", "measure_s", "max_batch", "above_ceiling", "cpu_mkldnn", "d_layers", "d_features",
-    "flops_per_img", "joules_per_img", "avg_power_w", "sm_clock_before_mhz", "sm_clock_after_mhz", "throttle_reasons",
-    "throttled", "gpu_shared", "cpu_others", "cpu_shared", "ceiling_shared", "timed_with", "err_check",
-]
-STATUS_ORDER = ["ok", "invalid", "error", "oom", "timeout"]
+# The columns of the tables: the fields of the row schema (bench.rows), nothing listed here.
+STATIC_COLUMNS = rows_schema.STATIC_COLUMNS
+MEASURE_COLUMNS = rows_schema.MEASURE_COLUMNS
+INT_COLUMNS = rows_schema.int_columns(rows_schema.StaticRow)
+STATUS_ORDER = list(rows_schema.STATUSES)
 
 
 def static_frame(rows: list[Row]) -> pd.DataFrame:
     """The static rows as a DataFrame with stable columns (integers stay integers, gaps are empty)."""
-    static = [r for r in rows if r.get("kind") == "static"]
+    static = [r for r in rows if r.get("kind") == rows_schema.STATIC_KIND]
     frame = pd.DataFrame(static)
     for column in STATIC_COLUMNS:
         if column not in frame:
@@ -58,8 +38,8 @@ def static_frame(rows: list[Row]) -> pd.DataFrame:
     for column in INT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     frame["counts_agree"] = frame["counts_agree"].astype("boolean")
-    extra = sorted(c for c in frame.columns if c not in STATIC_COLUMNS and c not in ("fvcore_unsupported",))
-    extra = [c for c in extra if c not in ("schema", "kind", "finished_at", "key")]
+    hidden = set(rows_schema.columns(rows_schema.StaticRow, hidden=True))  # stored, not shown (key comes last)
+    extra = sorted(c for c in frame.columns if c not in hidden)
     frame = frame[[*STATIC_COLUMNS, *extra, "key"]] if "key" in frame else frame[STATIC_COLUMNS]
     frame["status"] = pd.Categorical(frame["status"], categories=STATUS_ORDER)
     order = ["status", "n_downs", "features", "input_size", "block_type", "upconv_type"]
@@ -88,7 +68,7 @@ def _giga(value: Any) -> str:
     return "" if pd.isna(value) else f"{value / 1e9:#.4g}".rstrip(".")
 
 
-def _markdown(frame: pd.DataFrame, text_columns: int = 1) -> str:
+def markdown_table(frame: pd.DataFrame, text_columns: int = 1) -> str:
     """A markdown table that keeps the strings as formatted; the first columns left, numbers right."""
     align = ["left"] * text_columns + ["right"] * (len(frame.columns) - text_columns)
     return frame.to_markdown(index=False, disable_numparse=True, colalign=align)
@@ -142,7 +122,7 @@ def render_markdown(frame: pd.DataFrame, rows: list[Row], envs: list[dict[str, A
             "activations (M)": ok["activations"].map(_millions),
             "counts agree": ok["counts_agree"].map(lambda v: "yes" if v else "**no**"),
         })
-        out += ["## Variants", "", _markdown(table), ""]
+        out += ["## Variants", "", markdown_table(table), ""]
         ranked = ok.sort_values(["flops_fwd", "params"], kind="stable")
         cheapest = ranked["flops_fwd"].iloc[0]
         ranking = pd.DataFrame({
@@ -152,14 +132,14 @@ def render_markdown(frame: pd.DataFrame, rows: list[Row], envs: list[dict[str, A
             "x cheapest": ranked["flops_fwd"].map(lambda v: f"{v / cheapest:,.2f}"),
             "params (M)": ranked["params"].map(_millions),
         })
-        out += ["## Ranking (cheapest forward pass first)", "", _markdown(ranking, text_columns=2), "",
+        out += ["## Ranking (cheapest forward pass first)", "", markdown_table(ranking, text_columns=2), "",
                 f"![parameters vs GFLOPs]({PLOT_FILE})", ""]
     for status, heading in (("invalid", "Invalid combinations"), ("error", "Errors")):
         bad = frame[frame["status"] == status]
         if len(bad):
             listing = bad[["variant", "reason"]].copy()
             listing["reason"] = listing["reason"].str.replace("|", "\\|", regex=False)
-            out += [f"## {heading}", "", _markdown(listing, text_columns=2), ""]
+            out += [f"## {heading}", "", markdown_table(listing, text_columns=2), ""]
     unsupported = Counter()
     for row in rows:
         unsupported.update((row.get("fvcore_unsupported") or {}).keys())
@@ -171,36 +151,9 @@ def render_markdown(frame: pd.DataFrame, rows: list[Row], envs: list[dict[str, A
     return "\n".join(out)
 
 
-def plot_params_vs_gflops(frame: pd.DataFrame, path: Path) -> Path | None:
-    """Scatter of parameters against forward GFLOPs, one colour per block x upconv type."""
-    ok = frame[frame["status"] == "ok"]
-    if ok.empty:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    for (block, upconv), group in ok.groupby(["block_type", "upconv_type"], sort=True):
-        ax.scatter(group["flops_fwd"].astype(float) / 1e9, group["params"].astype(float) / 1e6,
-                   label=f"{block} + {upconv}", alpha=0.8, s=36)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("forward GFLOPs per image (log)")
-    ax.set_ylabel("parameters, millions (log)")
-    ax.set_title("UNet generator variants: size vs cost")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def measure_frame(rows: list[Row]) -> pd.DataFrame:
     """The measured rows with stable columns (empty when the run was static only)."""
-    measured = pd.DataFrame([r for r in rows if r.get("kind") == "measure"])
+    measured = pd.DataFrame([r for r in rows if r.get("kind") == rows_schema.MEASURE_KIND])
     for column in MEASURE_COLUMNS:
         if column not in measured:
             measured[column] = pd.NA
@@ -271,7 +224,7 @@ def _baseline_markdown(measured: pd.DataFrame) -> list[str]:
             "the same blocks (A B A B ...); `separately` when they were timed one after the other (the loop runs in "
             "fp32, so against a bf16 or channels_last row it is always its own group), which a drifting machine "
             "moves apart. A speed-up from a noisy row (IQR above 10 % of the median) is not to be trusted.", "",
-            _markdown(shown, text_columns=3), ""]
+            markdown_table(shown, text_columns=3), ""]
 
 
 def _cost_to_train_markdown(measured: pd.DataFrame) -> list[str]:
@@ -294,12 +247,38 @@ def _cost_to_train_markdown(measured: pd.DataFrame) -> list[str]:
     note = ("Energy from NVML's counter (CUDA) or RAPL (CPU), over the timed blocks."
             if best["joules_per_img"].notna().any() else
             "Energy is empty: no NVML or readable RAPL counter on this machine.")
-    return ["## Cost to train (the whole pix2pix step, G and D)", "", note, "", _markdown(table, text_columns=2), ""]
+    return ["## Cost to train (the whole pix2pix step, G and D)", "", note, "", markdown_table(table, text_columns=2),
+            ""]
 
 
 def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> list[str]:
+    """The measured part of report.md: notes on the run, the table, best configurations and speed-ups."""
     ok = measured[measured["status"] == "ok"].copy()
-    out = ["## Measured", ""]
+    out = ["## Measured", "", *_run_notes(measured, ok, envs)]
+    if ok.empty:
+        out += ["_No successful measurements._", ""]
+    else:
+        out += [markdown_table(_measured_table(ok), text_columns=6), ""]
+        ours = ok[ok["mode"] != BASELINE_MODE]
+        if (ours.groupby(["variant", "task"]).size() > 1).any():  # a choice to report
+            best = ours.loc[ours.groupby(["variant", "task"])["img_per_s"].idxmax()]
+            out += ["## Best configuration per variant", "", markdown_table(pd.DataFrame({
+                "variant": best["variant"], "task": best["task"],
+                "fastest": best["mode"] + ", " + best["precision"] + ", " + best["layout"],
+                "img/s": best["img_per_s"].map(lambda v: f"{v:,.1f}"),
+            }), text_columns=3), ""]
+        out += _compiled_markdown(ok) + _baseline_markdown(measured) + _cost_to_train_markdown(measured)
+    bad = measured[measured["status"] != "ok"]
+    if len(bad):
+        listing = bad[["variant", "task", "mode", "precision", "layout", "status", "reason"]].copy()
+        listing["reason"] = listing["reason"].astype(str).str.replace("|", "\\|", regex=False)
+        out += ["## Measurements that did not run", "", markdown_table(listing, text_columns=7), ""]
+    return out
+
+
+def _run_notes(measured: pd.DataFrame, ok: pd.DataFrame, envs: list[dict[str, Any]]) -> list[str]:
+    """The ceilings, and what makes the figures less trustworthy (a loaded CPU, oneDNN off)."""
+    out = []
     ceilings = {d: c for env in envs for d, c in (env.get("matmul_ceiling_tflops") or {}).items()}
     if ceilings:
         out += ["Matmul ceiling (TFLOP/s, measured once per run): " + "; ".join(
@@ -318,160 +297,60 @@ def _measured_markdown(measured: pd.DataFrame, envs: list[dict[str, Any]]) -> li
                 "free cores.", ""]
     if (measured["cpu_mkldnn"] == False).any():  # noqa: E712 - object column
         out += ["oneDNN was off for the CPU rows (`cpu_mkldnn = false`, `--no-cpu-mkldnn`).", ""]
-    if ok.empty:
-        out += ["_No successful measurements._", ""]
-    else:
-        def f(v: Any, spec: str) -> str:
-            return "" if v is None or pd.isna(v) else format(v, spec)
-
-        table = pd.DataFrame({
-            "variant": ok["variant"], "task": ok["task"], "mode": ok["mode"],
-            "precision": ok["precision"], "layout": ok["layout"], "batch": ok["batch_size"].map(str),
-            "median ms": ok["median_ms"].map(lambda v: f(v, ".3f")), "IQR ms": ok["iqr_ms"].map(lambda v: f(v, ".3f")),
-            "img/s": ok["img_per_s"].map(lambda v: f(v, ",.1f")), "TFLOP/s": ok["tflops"].map(lambda v: f(v, ".3g")),
-            "% peak": ok["pct_of_peak"].map(lambda v: f(v, ".1f")),
-            "peak MiB": ok["peak_mem_mib"].map(lambda v: f(v, ",.1f")),
-            "compile s (cold/warm)": [
-                "" if pd.isna(c) else f"{c:.1f} / {f(w, '.1f') or '-'}"
-                for c, w in zip(ok["compile_s"], ok["compile_warm_s"], strict=True)
-            ],
-            "max rel err": ok["max_rel_err"].map(lambda v: f(v, ".1e")),
-            "flags": [", ".join(x for x, on in (("noisy", n is True), ("error above tolerance", e is True),
-                                                ("above the ceiling", c is True), ("throttled", t is True),
-                                                ("GPU shared", g is True), ("CPU shared", u is True)) if on)
-                      for n, e, c, t, g, u in zip(ok["noisy"], ok["err_flag"], ok["above_ceiling"], ok["throttled"],
-                                                  ok["gpu_shared"], ok["cpu_shared"], strict=True)],
-        })
-        if ok["compile_s"].isna().all():
-            table = table.drop(columns=["compile s (cold/warm)"])
-        reference = (ok["mode"] == "eager") & (ok["precision"] == "fp32") & (ok["layout"] == "nchw")
-        if reference.all():  # every row is the reference configuration itself: its error is 0 by definition
-            table = table.drop(columns=["max rel err"])
-        out += [_markdown(table, text_columns=6), ""]
-        ours = ok[ok["mode"] != BASELINE_MODE]
-        if (ours.groupby(["variant", "task"]).size() > 1).any():  # a choice to report
-            best = ours.loc[ours.groupby(["variant", "task"])["img_per_s"].idxmax()]
-            out += ["## Best configuration per variant", "", _markdown(pd.DataFrame({
-                "variant": best["variant"], "task": best["task"],
-                "fastest": best["mode"] + ", " + best["precision"] + ", " + best["layout"],
-                "img/s": best["img_per_s"].map(lambda v: f"{v:,.1f}"),
-            }), text_columns=3), ""]
-        group = ["variant", "task", "precision", "layout", "batch_size"]
-        eager = ok[ok["mode"] == "eager"].set_index(group)
-        compiled = ok[ok["mode"].isin(list(COMPILE_MODES))]
-        speed = []
-        for _, r in compiled.iterrows():
-            key = tuple(r[k] for k in group)
-            if key in eager.index:
-                base = eager.loc[[key]].iloc[0]
-                speed.append({"variant": r["variant"], "task": r["task"], "mode": r["mode"],
-                              "precision": r["precision"], "layout": r["layout"],
-                              "speedup over eager": f"{base['median_ms'] / r['median_ms']:.2f}x",
-                              "noisy": "**yes**" if "True" in (str(r["noisy"]), str(base["noisy"])) else "",
-                              "timed": "interleaved" if _timed_together(r, base) else "separately"})
-        if speed:
-            out += ["## Compiled over eager (same task, precision, layout)", "",
-                    "*timed*: `interleaved` when the pair was timed in the same blocks; `separately` (e.g. one of "
-                    "them measured by a resumed run) when not, which a drifting machine moves apart.", "",
-                    _markdown(pd.DataFrame(speed), text_columns=5), ""]
-        out += _baseline_markdown(measured) + _cost_to_train_markdown(measured)
-    bad = measured[measured["status"] != "ok"]
-    if len(bad):
-        listing = bad[["variant", "task", "mode", "precision", "layout", "status", "reason"]].copy()
-        listing["reason"] = listing["reason"].astype(str).str.replace("|", "\\|", regex=False)
-        out += ["## Measurements that did not run", "", _markdown(listing, text_columns=7), ""]
     return out
 
 
-def plot_measured(measured: pd.DataFrame, static: pd.DataFrame, directory: Path) -> list[Path]:
-    """Throughput vs GFLOPs (one marker per block/upconv) and memory vs batch size."""
-    ok = measured[measured["status"] == "ok"]
-    if ok.empty:
+def _measured_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """One line per ok measurement, formatted, with its flags."""
+    def f(v: Any, spec: str) -> str:
+        return "" if v is None or pd.isna(v) else format(v, spec)
+
+    table = pd.DataFrame({
+        "variant": ok["variant"], "task": ok["task"], "mode": ok["mode"],
+        "precision": ok["precision"], "layout": ok["layout"], "batch": ok["batch_size"].map(str),
+        "median ms": ok["median_ms"].map(lambda v: f(v, ".3f")), "IQR ms": ok["iqr_ms"].map(lambda v: f(v, ".3f")),
+        "img/s": ok["img_per_s"].map(lambda v: f(v, ",.1f")), "TFLOP/s": ok["tflops"].map(lambda v: f(v, ".3g")),
+        "% peak": ok["pct_of_peak"].map(lambda v: f(v, ".1f")),
+        "peak MiB": ok["peak_mem_mib"].map(lambda v: f(v, ",.1f")),
+        "compile s (cold/warm)": [
+            "" if pd.isna(c) else f"{c:.1f} / {f(w, '.1f') or '-'}"
+            for c, w in zip(ok["compile_s"], ok["compile_warm_s"], strict=True)
+        ],
+        "max rel err": ok["max_rel_err"].map(lambda v: f(v, ".1e")),
+        "flags": [", ".join(x for x, on in (("noisy", n is True), ("error above tolerance", e is True),
+                                            ("above the ceiling", c is True), ("throttled", t is True),
+                                            ("GPU shared", g is True), ("CPU shared", u is True)) if on)
+                  for n, e, c, t, g, u in zip(ok["noisy"], ok["err_flag"], ok["above_ceiling"], ok["throttled"],
+                                              ok["gpu_shared"], ok["cpu_shared"], strict=True)],
+    })
+    if ok["compile_s"].isna().all():
+        table = table.drop(columns=["compile s (cold/warm)"])
+    reference = (ok["mode"] == "eager") & (ok["precision"] == "fp32") & (ok["layout"] == "nchw")
+    if reference.all():  # every row is the reference configuration itself: its error is 0 by definition
+        table = table.drop(columns=["max rel err"])
+    return table
+
+
+def _compiled_markdown(ok: pd.DataFrame) -> list[str]:
+    """Each compiled row's speed-up over eager in the same task, precision, layout and batch."""
+    group = ["variant", "task", "precision", "layout", "batch_size"]
+    eager = ok[ok["mode"] == "eager"].set_index(group)
+    speed = []
+    for _, r in ok[ok["mode"].isin(list(COMPILE_MODES))].iterrows():
+        key = tuple(r[k] for k in group)
+        if key in eager.index:
+            base = eager.loc[[key]].iloc[0]
+            speed.append({"variant": r["variant"], "task": r["task"], "mode": r["mode"],
+                          "precision": r["precision"], "layout": r["layout"],
+                          "speedup over eager": f"{base['median_ms'] / r['median_ms']:.2f}x",
+                          "noisy": "**yes**" if "True" in (str(r["noisy"]), str(base["noisy"])) else "",
+                          "timed": "interleaved" if _timed_together(r, base) else "separately"})
+    if not speed:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    written: list[Path | None] = []
-    static_fwd = static.set_index("variant")["flops_fwd"].astype(float)
-    flops = pd.to_numeric(ok["flops_per_img"]).fillna(ok["variant"].map(static_fwd))  # rows older than the column
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
-    markers = iter("osD^v<>")
-    for (block, upconv), group in ok.groupby(["block_type", "upconv_type"], sort=True):
-        marker = next(markers, "o")
-        for (task, mode, layout, batch), sub in group.groupby(["task", "mode", "layout", "batch_size"], sort=True):
-            ax.errorbar(flops[sub.index] / 1e9, sub["img_per_s"].astype(float), yerr=_img_per_s_spread(sub),
-                        fmt=marker, alpha=0.8, capsize=3, label=f"{block}+{upconv} {task} {mode} {layout} b{batch}")
-    written.append(_save(fig, ax, "Measured throughput vs cost (bars: interquartile range of the timed blocks)",
-                         directory / "throughput_vs_gflops.png", ("GFLOPs per image of the task", "images per second")))
-    energy = ok[ok["joules_per_img"].notna()] if "joules_per_img" in ok else ok.iloc[:0]
-    if len(energy):
-        fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
-        for (task, mode), group in energy.groupby(["task", "mode"], sort=True):
-            ax.scatter(group["joules_per_img"].astype(float), group["img_per_s"].astype(float), alpha=0.8,
-                       label=f"{task} {mode}")
-        written.append(_save(fig, ax, "Throughput vs energy", directory / "throughput_vs_energy.png",
-                             ("joules per image", "images per second")))
-    if ok["batch_size"].nunique() > 1:
-        fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
-        for name, group in ok.groupby(["n_downs", "features", "block_type", "upconv_type", "task", "mode"]):
-            group = group.sort_values("batch_size")
-            n_downs, features, block, upconv, task, mode = name
-            ax.plot(group["batch_size"], group["peak_mem_mib"], marker="o",
-                    label=f"{block}+{upconv} d{n_downs} f{features} {task} {mode}")
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("peak memory (MiB)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # batches are whole numbers
-        written.append(_save(fig, ax, "Memory vs batch size", directory / "memory_vs_batch.png"))
-    return [path for path in written if path is not None]
-
-
-def _img_per_s_spread(rows: pd.DataFrame) -> list[list[float]]:
-    """Below and above each row's img/s: the img/s at the third and first quartile of its per-call times
-    (a row timed in fewer than 2 blocks has none)."""
-    below, above = [], []
-    for _, row in rows.iterrows():
-        quartiles = _quartiles(row.get("block_s"), row.get("calls_per_block"))
-        value = float(row["img_per_s"])
-        if quartiles is None or min(quartiles) <= 0:
-            below.append(0.0)
-            above.append(0.0)
-            continue
-        batch = float(row["batch_size"])
-        below.append(max(0.0, value - batch / quartiles[1]))
-        above.append(max(0.0, batch / quartiles[0] - value))
-    return [below, above]
-
-
-def _save(fig: Any, ax: Any, title: str, path: Path, log_axes: tuple[str, str] | None = None) -> Path | None:
-    """Title, log axes with these labels (when given), a legend beside the axes (never over the points),
-    save, close. A plot with nothing drawn is not written (None): an empty picture is not a result."""
-    import matplotlib.pyplot as plt
-
-    if not ax.has_data():
-        plt.close(fig)
-        return None
-    if log_axes is not None:
-        from matplotlib.ticker import FuncFormatter, LogLocator
-
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        plain = FuncFormatter(lambda value, _pos: f"{value:g}")  # 0.02, 0.05, 0.1, not 2x10^-2 crowding
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-            axis.set_major_formatter(plain)
-            axis.set_minor_formatter(plain)
-        ax.set_xlabel(f"{log_axes[0]} (log)")
-        ax.set_ylabel(f"{log_axes[1]} (log)")
-        ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return ["## Compiled over eager (same task, precision, layout)", "",
+            "*timed*: `interleaved` when the pair was timed in the same blocks; `separately` (e.g. one of "
+            "them measured by a resumed run) when not, which a drifting machine moves apart.", "",
+            markdown_table(pd.DataFrame(speed), text_columns=5), ""]
 
 
 def write_reports(directory: Path, rows: list[Row], envs: list[dict[str, Any]], title: str) -> list[Path]:
@@ -533,148 +412,3 @@ def report_dirs(directories: list[Path], out: Path | None = None, replace: bool 
     return out, write_reports(out, rows, envs, title)
 
 
-def compare_frames(rows_a: list[Row], rows_b: list[Row]) -> pd.DataFrame:
-    """For the ok rows both runs have: each compared figure in A and B and the ratio B/A."""
-    a = static_frame(rows_a)
-    b = static_frame(rows_b)
-    if "key" not in a or "key" not in b:  # a run without static rows
-        return pd.DataFrame(columns=["variant", *[f"{c}_{x}" for c in COMPARED for x in ("a", "b", "ratio")]])
-    a, b = a[a["status"] == "ok"], b[b["status"] == "ok"]
-    joined = a.merge(b, on="key", suffixes=("_a", "_b"))
-    out = pd.DataFrame({"variant": joined["variant_a"]})
-    for column in COMPARED:
-        va, vb = joined[f"{column}_a"], joined[f"{column}_b"]
-        out[f"{column}_a"], out[f"{column}_b"] = va, vb
-        ratio = vb.astype(float) / va.astype(float)
-        out[f"{column}_ratio"] = ratio.where(va.astype(float) != 0)
-    return out.reset_index(drop=True)
-
-
-# Measured figures compared by `compare` (ratio B/A) and whether more is better.
-COMPARED_MEASURED = {"median_ms": False, "img_per_s": True, "tflops": True, "peak_mem_mib": False,
-                     "compile_s": False, "joules_per_img": False}
-
-
-def _quartiles(blocks: Any, calls: Any) -> tuple[float, float] | None:
-    """(q1, q3) of the per-call seconds over a row's timed blocks."""
-    if not isinstance(blocks, list) or len(blocks) < 2 or not calls or pd.isna(calls):
-        return None
-    from bench.timing import Measurement
-
-    return Measurement(block_s=list(blocks), calls_per_block=int(calls)).quartiles_s
-
-
-def compare_measured(rows_a: list[Row], rows_b: list[Row], threshold: float | None = None) -> pd.DataFrame:
-    """Measured rows ok in both runs, joined by their full key (variant, task, mode, precision, layout,
-    batch, device): each figure in A and B and the ratio B/A.
-
-    ``significant`` is False when the interquartile ranges of the two runs' per-call times overlap
-    (the difference is within the noise); ``regressed`` marks a significant slowdown of img/s by
-    more than ``threshold`` (a fraction, e.g. 0.05).
-    """
-    a = pd.DataFrame([r for r in rows_a if r.get("kind") == "measure" and r.get("status") == "ok"])
-    b = pd.DataFrame([r for r in rows_b if r.get("kind") == "measure" and r.get("status") == "ok"])
-    ids = ["variant", "task", "mode", "precision", "layout", "batch_size", "device"]
-    if a.empty or b.empty:
-        return pd.DataFrame(columns=ids)
-    joined = a.merge(b, on="key", suffixes=("_a", "_b"))
-    if joined.empty:  # no measurement key in common: nothing to pair (the caller says so)
-        return pd.DataFrame(columns=[*ids, "significant", "regressed"])
-    out = pd.DataFrame({k: joined[f"{k}_a"] for k in ids})
-    for column in COMPARED_MEASURED:
-        if f"{column}_a" not in joined or f"{column}_b" not in joined:
-            continue
-        va, vb = pd.to_numeric(joined[f"{column}_a"]), pd.to_numeric(joined[f"{column}_b"])
-        if va.isna().all() and vb.isna().all():
-            continue
-        out[f"{column}_a"], out[f"{column}_b"] = va, vb
-        out[f"{column}_ratio"] = (vb / va).where(va != 0)
-    significant = []
-    for _, row in joined.iterrows():
-        qa = _quartiles(row["block_s_a"], row["calls_per_block_a"])
-        qb = _quartiles(row["block_s_b"], row["calls_per_block_b"])
-        significant.append(bool(qa and qb and (qa[1] < qb[0] or qb[1] < qa[0])))
-    out["significant"] = significant
-    limit = threshold if threshold is not None else 0.0
-    out["regressed"] = out["significant"] & (out["img_per_s_ratio"] < 1 - limit)
-    return out.reset_index(drop=True)
-
-
-@dataclass
-class Comparison:
-    """What `compare` found: the static and measured tables, their markdown, and the regressions."""
-
-    static: pd.DataFrame
-    measured: pd.DataFrame
-    markdown: str
-    written: list[Path]
-
-    @property
-    def regressions(self) -> pd.DataFrame:
-        return self.measured[self.measured["regressed"]] if "regressed" in self.measured else self.measured.iloc[:0]
-
-
-def _key_counts(rows_a: list[Row], rows_b: list[Row], kind: str) -> tuple[int, int]:
-    keys_a = {r["key"] for r in rows_a if r.get("kind") == kind}
-    keys_b = {r["key"] for r in rows_b if r.get("kind") == kind}
-    return len(keys_a - keys_b), len(keys_b - keys_a)
-
-
-def compare_dirs(dir_a: Path, dir_b: Path, out: Path | None = None, threshold: float | None = None) -> Comparison:
-    """Write compare.csv (static), compare_measured.csv and compare.md into ``out``."""
-    rows_a, rows_b = merged_rows([dir_a]), merged_rows([dir_b])
-    table = compare_frames(rows_a, rows_b)
-    measured = compare_measured(rows_a, rows_b, threshold)
-    only_a, only_b = _key_counts(rows_a, rows_b, "static")
-    ratios = table[["variant", *[f"{c}_ratio" for c in COMPARED]]].rename(
-        columns={f"{c}_ratio": f"{c} B/A" for c in COMPARED}
-    )
-    lines = [
-        f"# Compare: B = {dir_b.name} over A = {dir_a.name}", "",
-        "## Static profile", "",
-        f"{len(table)} variants in both (ok in both); {only_a} only in A, {only_b} only in B.", "",
-        ratios.to_markdown(index=False, floatfmt=".3f") if len(ratios) else "_No rows in common._", "",
-    ]
-    if any(r.get("kind") == "measure" for r in [*rows_a, *rows_b]):
-        m_only_a, m_only_b = _key_counts(rows_a, rows_b, "measure")
-        ok_a = {r["key"] for r in rows_a if r.get("kind") == "measure" and r.get("status") == "ok"}
-        ok_b = {r["key"] for r in rows_b if r.get("kind") == "measure" and r.get("status") == "ok"}
-        both = {r["key"] for r in rows_a if r.get("kind") == "measure"} & {r["key"] for r in rows_b}
-        lines += ["## Measured", "",
-                  f"{len(measured)} measurements in both (same variant, task, mode, precision, layout, batch and "
-                  f"device; ok in both); {m_only_a} only in A, {m_only_b} only in B; {len((ok_a - ok_b) & both)} ok "
-                  f"only in A and {len((ok_b - ok_a) & both)} ok only in B. A ratio is *not significant* when the "
-                  "interquartile ranges of the two runs' per-call times overlap; between two runs, a shared machine "
-                  "can drift more than that, so compare a run with a rerun of itself before trusting a threshold.",
-                  ""]
-        for setting in ("threads", "cpu_mkldnn"):
-            seen_a = {r.get(setting) for r in rows_a if r.get("kind") == "measure" and r.get("status") == "ok"}
-            seen_b = {r.get(setting) for r in rows_b if r.get("kind") == "measure" and r.get("status") == "ok"}
-            if seen_a and seen_b and seen_a != seen_b:
-                lines += [f"**The runs differ in `{setting}`** (A: {sorted(map(str, seen_a))}, B: "
-                          f"{sorted(map(str, seen_b))}): the ratios compare settings, not code.", ""]
-        if len(measured):
-            shown = measured[["variant", "task", "mode", "precision", "layout", "batch_size"]].copy()
-            for column in COMPARED_MEASURED:
-                if f"{column}_ratio" in measured:
-                    shown[f"{column} B/A"] = measured[f"{column}_ratio"].map(
-                        lambda v: "" if pd.isna(v) else f"{v:.3f}")
-            shown["significant"] = measured["significant"].map({True: "yes", False: "no"})
-            if threshold is not None:
-                shown["regressed"] = measured["regressed"].map({True: "**yes**", False: ""})
-            lines += [_markdown(shown, text_columns=6), ""]
-        else:
-            lines += ["_No measurements in common._", ""]
-    markdown = "\n".join(lines)
-    out = out or RUNS_ROOT / f"compare-{dir_a.name}-vs-{dir_b.name}"
-    if out.exists() and not out.is_dir():
-        raise NectarGANError(f"output folder {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / "compare.csv", out / "compare.md"
-    table.to_csv(csv_path, index=False)
-    written = [csv_path]
-    if len(measured):
-        measured.to_csv(out / "compare_measured.csv", index=False)
-        written.append(out / "compare_measured.csv")
-    md_path.write_text(markdown, encoding="utf-8")
-    return Comparison(table, measured, markdown, [*written, md_path])

@@ -16,14 +16,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.rows import MEASURE_KIND, AnyRow, SchemaError, as_dict, upgraded
 from nectargan.errors import NectarGANError
 
 RESULTS_FILE = "results.jsonl"
-# The row format's version (each row's "schema"). Adding a column needs no bump: readers fill it with NA
-# for older rows. Renaming or re-keying does, with a reader for the older rows (see ARCHITECTURE.md).
-SCHEMA_VERSION = 1
 RUNS_ROOT = Path("results/runs")  # where generated run folders go by default (git-ignored)
-Row = dict[str, Any]
+Row = dict[str, Any]  # a row as stored (bench.rows types it)
 
 
 def new_run_dir(name: str, root: Path = RUNS_ROOT) -> Path:
@@ -50,7 +48,8 @@ class MemoryStore:
         for row in rows:
             self.append(row)
 
-    def append(self, row: Row) -> None:
+    def append(self, row: AnyRow | Row) -> None:
+        row = as_dict(row)
         if "key" not in row:
             raise ValueError("a row needs a 'key'")
         self._rows.append(json.loads(json.dumps(_clean(row))))
@@ -94,7 +93,8 @@ class JsonlStore:
                     handle.truncate(data.rfind(b"\n") + 1)
         self._repaired = True
 
-    def append(self, row: Row) -> None:
+    def append(self, row: AnyRow | Row) -> None:
+        row = as_dict(row)
         if "key" not in row:
             raise ValueError("a row needs a 'key'")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -125,11 +125,10 @@ class JsonlStore:
                 raise NectarGANError(f"{self.path}: line {number} is not valid JSON") from None
             if not isinstance(row, dict) or "key" not in row:
                 raise NectarGANError(f"{self.path}: line {number} is not a result row (no 'key')")
-            schema = row.get("schema", SCHEMA_VERSION)
-            if not isinstance(schema, int) or schema > SCHEMA_VERSION:
-                raise NectarGANError(f"{self.path}: line {number} has row schema {schema!r}, newer than the "
-                                     f"{SCHEMA_VERSION} this nectargan-bench reads; read it with the version "
-                                     "that wrote it (env.json names its git commit), or upgrade")
+            try:  # today's schema version (an older row upgraded, a newer one refused)
+                row = upgraded(row, f"{self.path}: line {number}")
+            except SchemaError as exc:
+                raise NectarGANError(str(exc)) from None
             yield row
 
     def iter_rows(self) -> Iterator[Row]:
@@ -143,7 +142,7 @@ class JsonlStore:
         return {row["key"] for row in self._raw_rows()}
 
 
-def write_rows_atomic(directory: str | os.PathLike[str], rows: Iterable[Row]) -> None:
+def write_rows_atomic(directory: str | os.PathLike[str], rows: Iterable[AnyRow | Row]) -> None:
     """Replace ``DIR/results.jsonl`` by ``rows`` with one rename (for derived data such as merged shards):
     a reader sees the old file or the new one, never half of one."""
     path = Path(directory) / RESULTS_FILE
@@ -151,7 +150,7 @@ def write_rows_atomic(directory: str | os.PathLike[str], rows: Iterable[Row]) ->
     tmp = path.with_name(f".{RESULTS_FILE}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(_clean(row), separators=(",", ":"), allow_nan=False) + "\n")
+            handle.write(json.dumps(_clean(as_dict(row)), separators=(",", ":"), allow_nan=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -170,13 +169,13 @@ def merged_rows(directories: Iterable[str | os.PathLike[str]]) -> list[Row]:
         if not store.path.is_file():
             raise NectarGANError(f"{directory} holds no {RESULTS_FILE}: is it a sweep's output folder?")
         rows = list(store.iter_rows())
-        clash = [str(r["key"]) for r in rows if r.get("kind") == "measure" and str(r["key"]) in measured_in]
+        clash = [str(r["key"]) for r in rows if r.get("kind") == MEASURE_KIND and str(r["key"]) in measured_in]
         if clash:
             raise NectarGANError(
                 f"{measured_in[clash[0]]} and {directory} both hold the measurement {clash[0]!r} ({len(clash)} in "
                 "common): merging would keep only one of each; compare two runs of the same measurements with "
                 "'nectargan-bench compare A B', and merge only runs (or shards) that measured different things")
-        measured_in |= {str(r["key"]): str(directory) for r in rows if r.get("kind") == "measure"}
+        measured_in |= {str(r["key"]): str(directory) for r in rows if r.get("kind") == MEASURE_KIND}
         for row in rows:
             merged.append(row)
     return list(merged.iter_rows())

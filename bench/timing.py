@@ -19,7 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 NOISY_IQR_FRACTION = 0.10
 MIN_BLOCK_S = 0.2
@@ -182,3 +182,11 @@ def measure_interleaved(
                 continue
             measurement.block_s.append(block)
     return results
+
+
+def row_quartiles(block_s: Any, calls_per_block: Any) -> tuple[float, float] | None:
+    """(q1, q3) of the per-call seconds of a stored row's timed blocks; None for fewer than 2 blocks (reports
+    and compare read rows, where a missing figure is NaN or None)."""
+    if not isinstance(block_s, list) or len(block_s) < 2 or not calls_per_block or calls_per_block != calls_per_block:
+        return None
+    return Measurement(block_s=list(block_s), calls_per_block=int(calls_per_block)).quartiles_s

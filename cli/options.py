@@ -6,9 +6,12 @@ default is written once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -78,8 +81,67 @@ Detach = Annotated[bool, typer.Option(
     "--detach", help="Slurm: return once the jobs are submitted (then: nectargan-bench collect DIR).")]
 
 
-def executor_settings(table: dict | None, source: str, kind: str | None, **flags):
+def executor_settings(table: dict | None, source: str, kind: str | None = None, **flags):
     """The executor: ``table`` (a config's [executor]) with the flags given on top, checked."""
     from bench.executors import executor_config
 
     return executor_config(table, source, kind=kind, **flags)
+
+
+def measure_flags() -> dict[str, tuple[Any, Any]]:
+    """One flag per measure option, generated from :class:`bench.options.MeasureOptions` (its names, help
+    and defaults): field name -> (annotated type, default None: "not given, the grid's or the default")."""
+    from bench.options import MeasureOptions, flag_name, option_default
+
+    flags: dict[str, tuple[Any, Any]] = {}
+    for f in fields(MeasureOptions):
+        info, default = f.metadata["option"], option_default(f.name)
+        shown = info.default_text or (", ".join(default) if isinstance(default, list) else
+                                      str(default).lower() if isinstance(default, bool) else str(default))
+        text = f"{info.help} (default: the grid's [measure], else {shown})."
+        name = flag_name(f.name)
+        if isinstance(default, list):
+            kind: Any = list[str] | None
+        elif info.kind is bool:
+            kind, name = bool | None, f"{name}/--no-{name[2:]}"
+        else:
+            kind = (info.kind or str) | None
+        flags[f.name] = (Annotated[kind, typer.Option(name, help=text)], None)
+    return flags
+
+
+# Where the work runs, as flags (the study command lists them one by one; a sweep takes them as one group).
+EXECUTOR_FLAGS: dict[str, tuple[Any, Any]] = {
+    "kind": (Executor, None), "address": (Address, None), "partition": (Partition, None),
+    "account": (Account, None), "time_min": (TimeMin, None), "mem_gb": (MemGb, None),
+    "gpus_per_task": (GpusPerTask, None), "cpus_per_task": (CpusPerTask, None),
+    "array_parallelism": (ArrayParallelism, None), "sbatch": (Sbatch, None),
+    "shards": (Annotated[int | None, typer.Option(help="Slurm: array tasks, one shard each (default: one per variant, "
+                                                  "at most 16).")], None),
+    "max_retries": (MaxRetries, None), "detach": (Detach, False),
+}
+
+
+def with_flags(**groups: dict[str, tuple[Any, Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add each group's flags (name -> (annotated type, default)) to a command's signature, after its own
+    parameters; the command receives each group as one dict argument named after the group, holding the
+    flags given (a flag left out is not in it). Typer reads the signature, so ``--help`` lists every flag."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name not in groups]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+                 for flags in groups.values() for name, (kind, default) in flags.items()]
+
+        @functools.wraps(command)
+        def run(**given: Any) -> Any:
+            grouped = {group: {k: v for k, (_kind, default) in flags.items()
+                               if (v := given.pop(k)) is not default and not (isinstance(v, list | tuple) and not v)}
+                       for group, flags in groups.items()}  # a flag given as 0 or --no-x is kept
+            return command(**given, **grouped)
+
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return decorate

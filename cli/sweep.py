@@ -10,33 +10,27 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.grid import builtin_grid_names
+from bench.rows import AnyRow
+from bench.store import JsonlStore
+from bench.sweep import SweepProgress, SweepResult
 from cli.options import (
     DEFAULT,
     DEFAULT_UPCONV,
+    EXECUTOR_FLAGS,
     INVOCATION,
-    Account,
-    Address,
-    ArrayParallelism,
     BlockType,
-    CpusPerTask,
-    Detach,
     DropoutLayers,
-    Executor,
     Features,
-    GpusPerTask,
     InChannels,
     InputSize,
-    MaxRetries,
-    MemGb,
     NDowns,
     OutChannels,
-    Partition,
     Quiet,
-    Sbatch,
-    TimeMin,
     Upconv,
     executor_settings,
+    measure_flags,
     variant,
+    with_flags,
 )
 from cli.progress import ProgressBar, sigterm_as_interrupt, stderr
 from nectargan.errors import NectarGANError
@@ -95,6 +89,7 @@ def profile(
     stdout.print(totals)
 
 
+@with_flags(measure=measure_flags(), where=EXECUTOR_FLAGS)
 def sweep(
     grid: Annotated[
         str, typer.Argument(help=f"Grid TOML file, or a built-in grid name ({', '.join(builtin_grid_names())}).")
@@ -102,65 +97,12 @@ def sweep(
     static_only: Annotated[
         bool, typer.Option("--static-only", help="Count parameters, FLOPs and activations; no timing.")
     ] = False,
-    out: Annotated[
-        Path | None, typer.Option(help="Run folder (default: results/runs/<grid>-<timestamp>).")
-    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: results/runs/<grid>-<timestamp>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished rows.")] = False,
-    shard: Annotated[
-        str | None, typer.Option(help="Run only part K of N of the grid, as K/N (e.g. 1/2).")
-    ] = None,
+    shard: Annotated[str | None, typer.Option(help="Run only part K of N of the grid, as K/N (e.g. 1/2).")] = None,
     quiet: Quiet = False,
-    device: Annotated[
-        str | None, typer.Option(help="cpu, cuda, cuda:N or cuda:all (default: the grid's, else cpu).")
-    ] = None,
-    task: Annotated[
-        list[str] | None, typer.Option(help="infer, train (G alone) and/or gan_train (G and D); repeat the option.")
-    ] = None,
-    mode: Annotated[
-        list[str] | None, typer.Option(help="eager, compile, compile-reduce-overhead, compile-max-autotune, or "
-                                       "nectargan (NectarGAN's own loop, the baseline).")
-    ] = None,
-    precision: Annotated[list[str] | None, typer.Option(help="fp32, tf32, bf16, fp16.")] = None,
-    layout: Annotated[list[str] | None, typer.Option(help="nchw, channels_last.")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads in the measuring child.")] = None,
-    timeout: Annotated[
-        float | None, typer.Option(help="Seconds a child may build, compile or check one configuration before it "
-                                   "counts as hung (default 1800).")
-    ] = None,
-    block_timeout: Annotated[
-        float | None, typer.Option(help="Seconds a child may spend in one warm-up or timed block (default 300).")
-    ] = None,
-    cpu_mkldnn: Annotated[
-        bool | None, typer.Option(help="oneDNN (mkldnn) on the CPU; --no-cpu-mkldnn works around its known crashes.")
-    ] = None,
-    blocks: Annotated[int | None, typer.Option(help="Timed blocks per measurement (default 5).")] = None,
-    min_block_s: Annotated[float | None, typer.Option(help="Minimum seconds per timed block (default 0.2).")] = None,
-    launcher: Annotated[str | None, typer.Option(
-        help="forkserver (CPU default: children forked from a preloaded server), subprocess (CUDA default) or "
-        "inline (debugging).")] = None,
-    d_layers: Annotated[int | None, typer.Option(help="gan_train: PatchGAN layers (default 3).")] = None,
-    d_features: Annotated[int | None, typer.Option(help="gan_train: PatchGAN features (default 64).")] = None,
-    warm_compile: Annotated[bool | None, typer.Option(
-        help="Also time a compiled row's first call in a fresh child with the filled cache (default on).")] = None,
-    inductor_cache: Annotated[str | None, typer.Option(
-        help="Inductor cache folder shared by runs (default: the run folder's inductor-cache).")] = None,
-    max_batch: Annotated[
-        int | None, typer.Option(help="Also find the largest batch that fits, halving from N (column max_batch).")
-    ] = None,
-    executor: Executor = None,
-    address: Address = None,
-    partition: Partition = None,
-    account: Account = None,
-    time_min: TimeMin = None,
-    mem_gb: MemGb = None,
-    gpus_per_task: GpusPerTask = None,
-    cpus_per_task: CpusPerTask = None,
-    array_parallelism: ArrayParallelism = None,
-    sbatch: Sbatch = None,
-    shards: Annotated[int | None, typer.Option(help="Slurm: array tasks, one shard each (default: one per "
-                                               "variant, at most 16).")] = None,
-    max_retries: MaxRetries = None,
-    detach: Detach = False,
+    measure: dict | None = None,
+    where: dict | None = None,
 ) -> None:
     """Profile every variant of a grid into a run folder, then write its reports.
 
@@ -171,67 +113,55 @@ def sweep(
 
     Example: nectargan-bench sweep bench/grids/default.toml --static-only --out results/runs/default
     """
-    from bench.env import read_env
     from bench.grid import load_grid, parse_shard
-    from bench.report import write_reports
-    from bench.store import JsonlStore
-    from bench.sweep import StaticPlan, SweepPlan, default_out_dir, run_sweep
+    from bench.options import measure_options
+    from bench.run import run_sweep
 
     loaded = load_grid(grid)
-    shard_spec = parse_shard(shard) if shard else None
-    plan: SweepPlan = StaticPlan()
-    from bench.measure import MeasuredPlan, measure_options
-
     # checked even with --static-only, so a misspelt option is never silently ignored
-    options = measure_options(loaded, device, task=task, mode=mode, precision=precision, layout=layout,
-                              threads=threads, timeout_s=timeout, block_timeout_s=block_timeout,
-                              cpu_mkldnn=cpu_mkldnn, blocks=blocks, min_block_s=min_block_s,
-                              launcher=launcher, max_batch=max_batch, d_layers=d_layers, d_features=d_features,
-                              warm_compile=warm_compile, inductor_cache=inductor_cache)
-    where = executor_settings(loaded.executor, loaded.source, executor, address=address, partition=partition,
-                              account=account, time_min=time_min, mem_gb=mem_gb, gpus_per_task=gpus_per_task,
-                              cpus_per_task=cpus_per_task, array_parallelism=array_parallelism, sbatch=sbatch,
-                              shards=shards, max_retries=max_retries, detach=detach or None)
-    if where.remote and shard_spec is not None:
-        raise NectarGANError(f"shard {shard} with executor {where.kind!r}: the executor splits the grid itself; "
-                             "drop the shard (or set shards in [executor] for Slurm)")
-    if where.kind == "ray":
-        from bench.executors import engine
-
-        plan = engine("ray").RayPlan(None if static_only else options, where)
-        plan.devices()  # connect, and check the cluster has the GPUs asked for, before anything is written
-    elif not static_only and where.kind == "local":
-        plan = MeasuredPlan(options)
-        plan.devices()  # fail before anything is written
-    if resume and out is None:
-        raise NectarGANError("--resume needs --out: the run folder to continue")
-    directory = out if out is not None else default_out_dir(loaded, shard_spec)
+    options = measure_options(loaded.measure, **(measure or {}))
+    executor = executor_settings(loaded.executor, loaded.source, **(where or {}))
     bar = ProgressBar("profiling" if static_only else "measuring", quiet=quiet)
-    if where.kind == "slurm":
-        done = _sweep_on_slurm(loaded, directory, None if static_only else options, where, resume, bar)
-        if done is None:
-            return
-        summary_text, written = done
-    else:
-        try:
-            with sigterm_as_interrupt():
-                result = run_sweep(
-                    loaded, directory, plan, resume=resume, shard_spec=shard_spec, command=INVOCATION.command,
-                    on_start=lambda total: bar.start(total) if total else None,
-                    on_variant=lambda spec, rows: bar.update(advance=1, status=f"{spec.name} [{_worst(rows)}]"),
-                )
-        except KeyboardInterrupt:
-            bar.stop()
-            stderr.print(f"Interrupted. Finished rows are kept in {directory}/results.jsonl; continue with "
-                         f"--out {directory} --resume", highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+    folder: list[Path] = []
+    progress = SweepProgress(folder=folder.append,
+                             start=lambda total, finished: bar.start(total) or bar.update(completed=finished),
+                             variant=lambda spec, rows: bar.update(advance=1, status=f"{spec.name} [{_worst(rows)}]"),
+                             finished=lambda n: bar.update(completed=n, status="shards running"))
+    try:
+        with sigterm_as_interrupt():
+            result = run_sweep(loaded, None if static_only else options, executor, out=out, resume=resume,
+                               shard=parse_shard(shard) if shard else None, command=INVOCATION.command,
+                               progress=progress)
+    except KeyboardInterrupt:
         bar.stop()
-        summary_text = _summary(result)
+        _print(_interrupted(executor.kind, folder[0] if folder else out))
+        raise typer.Exit(130) from None
+    bar.stop()
+    _print_outcome(result, quiet)
+
+
+def _interrupted(kind: str, where: Path | None) -> str:
+    if kind == "slurm":
+        return f"Interrupted. The submitted jobs keep running; merge what they wrote with: nectargan-bench collect " \
+               f"{where}"
+    return f"Interrupted. Finished rows are kept in {where}/results.jsonl; continue with --out {where} --resume"
+
+
+def _print_outcome(result: SweepResult, quiet: bool) -> None:
+    """The sweep's summary, the baseline lines, fvcore's notes and failures; exit 1 when a row or shard failed."""
+    directory = result.directory
+    if result.detached:
+        _print(f"Submitted {result.submitted} shard job(s) of {len(result.shards)} to Slurm; logs in "
+               f"{directory}/submitit. Merge their results when they end: nectargan-bench collect {directory}")
+        return
+    for failure in result.failures:
+        _print(f"Error: {failure}")
+    if result.failures:
+        _print(f"{_shards_summary(result)}. Resubmit the unfinished shards with --out {directory} --resume")
+        raise typer.Exit(1)
     rows = list(JsonlStore(directory).iter_rows())
-    if where.kind != "slurm":  # the Slurm path merged its shards into reports already
-        env = read_env(directory)
-        written = write_reports(directory, rows, [env] if env else [], title=loaded.name)
-    summary = f"{summary_text}. Wrote {directory}/results.jsonl, " + ", ".join(p.name for p in written)
+    text = _shards_summary(result) if result.shards else _summary(result)
+    summary = f"{text}. Wrote {directory}/results.jsonl, " + ", ".join(p.name for p in result.written)
     failed = [r for r in rows if r.get("status") in ("error", "timeout")]
     failure = (f"Error: {len(failed)} row(s) failed (status error or timeout); see the reason column of "
                f"{directory}/results.csv") if failed else ""
@@ -252,51 +182,21 @@ def sweep(
         raise typer.Exit(1)
 
 
-def _sweep_on_slurm(grid, directory: Path, options, where, resume: bool,
-                    bar: ProgressBar) -> tuple[str, list[Path]] | None:
-    """Run the grid as a Slurm job array (bench.executors.slurm): the summary and the files written,
-    or None when detached."""
-    from bench.executors import engine
-
-    slurm = engine("slurm")
-    try:
-        result = slurm.sweep(grid, directory, options, where, resume=resume, command=INVOCATION.command,
-                             on_start=lambda total, finished: bar.start(total) or bar.update(completed=finished),
-                             on_progress=lambda finished: bar.update(completed=finished, status="shards running"))
-    except KeyboardInterrupt:
-        bar.stop()
-        stderr.print(f"Interrupted. The submitted jobs keep running; merge what they wrote with: nectargan-bench "
-                     f"collect {directory}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    bar.stop()
-    if result.detached:
-        _print(f"Submitted {result.submitted} shard job(s) of {len(result.shards)} to Slurm; logs in "
-               f"{directory}/submitit. Merge their results when they end: nectargan-bench collect {directory}")
-        return None
-    if result.failures:
-        for failure in result.failures:
-            _print(f"Error: {failure}")
+def _shards_summary(result: SweepResult) -> str:
     done = sum(s.finished for s in result.shards)
-    total = sum(s.variants for s in result.shards)
-    text = (f"{total} variants in {len(result.shards)} Slurm shards ({result.submitted} submitted), {done} finished; "
-            f"{_count_rows(directory)}")
-    if result.failures:
-        _print(f"{text}. Resubmit the unfinished shards with --out {directory} --resume")
-        raise typer.Exit(1)
-    return text, result.written
+    return (f"{result.planned} variants in {len(result.shards)} Slurm shards ({result.submitted} submitted), {done} "
+            f"finished; {_count_rows(result.directory)}")
 
 
 def _count_rows(directory: Path) -> str:
     from collections import Counter
-
-    from bench.store import JsonlStore
 
     counts = Counter(r["status"] for r in JsonlStore(directory).iter_rows())
     return "rows: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none")
 
 
 def collect(
-    directory: Annotated[Path, typer.Argument(help="The run folder of a sweep sent to a cluster.")],
+    directory: Annotated[Path, typer.Argument(help="The run folder of a cluster sweep.")],
 ) -> None:
     """Merge what a cluster sweep's shards have written into its run folder and rewrite its reports.
 
@@ -304,16 +204,15 @@ def collect(
 
     Example: nectargan-bench collect results/runs/default-20261127-101500
     """
-    from bench.executors import engine
+    from bench.run import collect as collect_shards
 
     _existing_folders(directory)
-    result, jobs = engine("slurm").collect(directory)
+    result, jobs = collect_shards(directory)
     if result.written:
         _print(f"Wrote {directory}/results.jsonl, " + ", ".join(p.name for p in result.written))
     unfinished = [s for s in result.shards if not s.complete]
     done = sum(s.finished for s in result.shards)
-    total = sum(s.variants for s in result.shards)
-    _print(f"{done} of {total} variants finished in {len(result.shards)} shards; {_count_rows(directory)}")
+    _print(f"{done} of {result.planned} variants finished in {len(result.shards)} shards; {_count_rows(directory)}")
     if unfinished:
         states = "; ".join(f"shard {s.index}: {s.finished}/{s.variants} variants, {jobs.get(str(s.index), 'no job')}"
                            for s in unfinished)
@@ -360,8 +259,8 @@ def _summary(result) -> str:
     return f"{_plural(result.planned, 'variant')}{done} ({rows}: {counts})"
 
 
-def _worst(rows: list[dict]) -> str:
-    return next((r["status"] for r in rows if r["status"] != "ok"), "ok")
+def _worst(rows: list[AnyRow]) -> str:
+    return next((r.status for r in rows if r.status != "ok"), "ok")
 
 
 def _unsupported(rows: list[dict]) -> dict[str, int]:
@@ -412,7 +311,7 @@ def compare(
 
     Example: nectargan-bench compare results/runs/before results/runs/after --threshold 0.05
     """
-    from bench.report import compare_dirs
+    from bench.compare import compare_dirs
 
     _existing_folders(dir_a, dir_b)
     comparison = compare_dirs(dir_a, dir_b, out, threshold)
@@ -452,17 +351,17 @@ def trace(
 
     Example: nectargan-bench trace --task gan_train --mode compile --precision bf16 --device cuda --out profile.md
     """
-    from bench.grid import check_measure_value
     from bench.measure import config_reason
+    from bench.options import check_measure_value
     from bench.records import MeasureConfig
     from bench.trace import trace_markdown, trace_step
-    from nectargan.runtime import resolve_device
+    from nectargan.runtime import default_precision, resolve_device
     from nectargan.train.config import TrainConfig
 
     spec = variant(n_downs, features, block_type, upconv_type, input_size, DEFAULT.in_channels, None,
                    use_dropout_layers)
     where = resolve_device(device)
-    precision = precision or ("bf16" if where.type == "cuda" else "fp32")
+    precision = precision or default_precision(where.type)
     for key, value in (("task", task), ("mode", mode), ("precision", precision), ("layout", layout)):
         check_measure_value(key, value, f"--{key}")
     d = ((d_layers or TrainConfig.d_layers, d_features or TrainConfig.d_features) if task == "gan_train"

@@ -13,6 +13,7 @@ Precisions: ``fp32`` (TF32 off), ``tf32`` (fp32 tensors, TF32 matmuls and convol
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -89,6 +90,17 @@ class Device:
         """Names a GPU. (``auto`` is decided by :meth:`resolve`.)"""
         return self.kind == "cuda"
 
+    @staticmethod
+    def visible() -> str | None:
+        """The GPUs this process may see, as the scheduler set them (``CUDA_VISIBLE_DEVICES``; None: all)."""
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    def decided(self) -> Device:
+        """``auto`` decided on this machine (``cuda`` when CUDA is available, else ``cpu``); others as they are."""
+        if self.kind != "auto":
+            return self
+        return Device("cuda") if torch.cuda.is_available() else Device("cpu")
+
     def resolve(self) -> list[str]:
         """The concrete devices on this machine, e.g. ``['cuda:0', 'cuda:1']`` for ``cuda:all``.
 
@@ -124,9 +136,7 @@ def resolve_devices(name: str) -> list[str]:
 
 def default_precision(device: Device | str) -> str:
     """What runs fastest by default: bf16 on a GPU that has it, fp32 elsewhere (train and sweeps alike)."""
-    parsed = Device.parse(device)
-    if parsed.kind == "auto":
-        parsed = Device.parse(parsed.resolve()[0])
+    parsed = Device.parse(device).decided()
     if not parsed.cuda:
         return "fp32"
     # a GPU this machine does not have (a cluster's driver): assume bf16, as every GPU since Ampere has it
@@ -135,10 +145,7 @@ def default_precision(device: Device | str) -> str:
 
 def default_layouts(device: Device | str) -> list[str]:
     """Memory layouts measured by default: both on a GPU (channels_last usually wins there), NCHW on the CPU."""
-    parsed = Device.parse(device)
-    if parsed.kind == "auto":
-        parsed = Device.parse(parsed.resolve()[0])
-    return ["nchw", "channels_last"] if parsed.cuda else ["nchw"]
+    return ["nchw", "channels_last"] if Device.parse(device).decided().cuda else ["nchw"]
 
 
 def resolve_device(name: str) -> torch.device:

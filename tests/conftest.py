@@ -30,14 +30,14 @@ def fault_child(monkeypatch):
     import faults
 
     import bench.launcher
-    import bench.measure
+    import bench.options
 
     def use(plan: dict, launcher: str = "forkserver") -> None:
         script = Path(__file__).with_name("faults.py")
         monkeypatch.setattr(bench.launcher, "CHILD_COMMAND", [sys.executable, str(script), json.dumps(plan)])
         forked = functools.partial(faults.serve_forked, json.dumps(plan))
         monkeypatch.setattr(bench.launcher, "FORKED_CHILD_MAIN", forked)
-        monkeypatch.setattr(bench.measure, "DEFAULT_CPU_LAUNCHER", launcher)
+        monkeypatch.setattr(bench.options, "DEFAULT_CPU_LAUNCHER", launcher)
 
     return use
 

@@ -191,7 +191,7 @@ def test_ray_sweep_gives_each_task_its_gpu_and_retries_a_killed_worker(tmp_path,
 
     from bench.executors import executor_config
     from bench.executors.ray import RayPlan
-    from bench.sweep import run_sweep
+    from bench.sweep import run_plan
 
     grid = parse_grid(GRID)
     victim = grid.variants()[1].name
@@ -199,7 +199,7 @@ def test_ray_sweep_gives_each_task_its_gpu_and_retries_a_killed_worker(tmp_path,
     config = executor_config(kind="ray", gpus_per_task=1, max_retries=2)
     plan = RayPlan(None, config, factory=kill_once_factory(str(marker), victim))
     assert len(plan.devices()) == 2  # two fake GPUs, one task on each at a time
-    result = run_sweep(grid, tmp_path / "run", plan)
+    result = run_plan(grid, tmp_path / "run", plan)
     rows = _rows(tmp_path / "run")  # every row exactly once, written by this process alone
     assert len(rows) == 4 and result.counts == {"ok": 4}
     assert all(r["status"] == "ok" for r in rows.values())

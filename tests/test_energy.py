@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from bench.energy import EnergyTimer, NvmlMeter, RaplMeter
-from bench.records import MeasureConfig, RawMeasurement, measured_figures
+from bench.records import MeasureConfig, RawMeasurement
+from bench.rows import measured_figures
 
 
 class NVMLError(Exception):

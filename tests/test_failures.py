@@ -93,7 +93,7 @@ def test_a_second_sweep_into_a_busy_folder_fails_at_once(tmp_path, capsys):
 
 def test_the_run_folder_lock_is_exclusive_and_released(tmp_path):
     from bench.grid import parse_grid
-    from bench.sweep import prepare_run_dir
+    from bench.rundir import prepare_run_dir
 
     grid = parse_grid("[grid]\nn_downs = [3]\n")
     first = prepare_run_dir(tmp_path / "run", grid, resume=False, shard_spec=None)

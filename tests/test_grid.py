@@ -106,25 +106,49 @@ def test_bad_shard(text):
 
 
 def test_measure_options_are_named_alike_everywhere():
-    """Every MeasureOptions field is a [measure] key, a sweep flag and in the README's list (the plural
-    fields are the singular keys and repeatable flags), and nothing else is."""
+    """Every MeasureOptions field is a [measure] key, a sweep flag, and a row of the README's table, all
+    generated from the field (the plural fields are the singular keys and repeatable flags)."""
     import dataclasses
-    import re
+    import inspect
     from pathlib import Path
 
-    from bench.grid import MEASURE_KEYS
-    from bench.measure import MeasureOptions
+    from bench.launcher import LAUNCHERS
+    from bench.options import LAUNCHER_NAMES, MEASURE_KEYS, MeasureOptions, markdown_table
     from cli.sweep import sweep
 
-    plural = {"tasks": "task", "modes": "mode", "precisions": "precision", "layouts": "layout"}
-    keys = [plural.get(f.name, f.name) for f in dataclasses.fields(MeasureOptions)]
-    assert sorted(keys) == sorted(MEASURE_KEYS)
-    flags = {"timeout_s": "timeout", "block_timeout_s": "block_timeout"}
-    parameters = set(sweep.__code__.co_varnames[: sweep.__code__.co_argcount])
-    assert {flags.get(k, k) for k in keys} <= parameters
+    names = [f.name for f in dataclasses.fields(MeasureOptions)]
+    assert len(MEASURE_KEYS) == len(names) and {"task", "timeout_s", "max_batch"} <= set(MEASURE_KEYS)
+    assert set(names) <= set(inspect.signature(sweep).parameters)  # one flag each
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    listed = re.search(r"Options come from the grid's `\[measure\]` table \((.*?)\)", readme, re.S).group(1)
-    assert sorted(re.findall(r"`(\w+)`", listed)) == sorted(MEASURE_KEYS)
+    assert markdown_table() in readme, "README's measure-option table is stale: paste bench.options.markdown_table()"
+    assert tuple(LAUNCHERS) == LAUNCHER_NAMES
+
+
+def test_a_new_measure_option_is_added_in_one_place(monkeypatch, tmp_path):
+    """A field added to MeasureOptions is at once a [measure] key, checked, a sweep flag, and in the options."""
+    import dataclasses
+
+    import typer.testing
+
+    import bench.options as options
+    from cli.options import measure_flags, with_flags
+
+    extended = dataclasses.make_dataclass("MeasureOptions", [(
+        "warmup_calls", int, options.option(3, "warm-up calls before timing", kind=int, minimum=1))],
+        bases=(options.MeasureOptions,))
+    monkeypatch.setattr(options, "MeasureOptions", extended)
+    monkeypatch.setattr(options, "FIELD_OF_KEY", {**options.FIELD_OF_KEY, "warmup_calls": "warmup_calls"})
+    assert options.measure_options({"warmup_calls": 4}, "cpu").warmup_calls == 4
+    with pytest.raises(options.OptionError, match=r"measure option warmup_calls = 0 must be >= 1"):
+        options.measure_options({}, "cpu", warmup_calls=0)
+    seen = {}
+    app = typer.Typer()
+    app.command()(with_flags(measure=measure_flags())(lambda measure: seen.update(measure)))
+    result = typer.testing.CliRunner().invoke(app, ["--warmup-calls", "7", "--task", "train", "--no-cpu-mkldnn",
+                                                    "--threads", "0"])
+    assert result.exit_code == 0, result.output
+    # flags given are passed on, falsy ones too (left to measure_options to check); the rest are left out
+    assert seen == {"warmup_calls": 7, "tasks": ["train"], "cpu_mkldnn": False, "threads": 0}
 
 
 def test_the_built_in_grids_are_listed_alike_in_help_errors_and_readme(capsys):

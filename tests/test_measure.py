@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bench.grid import parse_grid
-from bench.measure import measure_options
+from bench.options import measure_options
 from cli import main
 from nectargan.errors import NectarGANError
 
@@ -196,13 +196,13 @@ def test_cuda_without_cuda_is_one_line(tmp_path, capsys):
 
 def test_measure_options_validate_and_default_by_device():
     grid = parse_grid("[grid]\nn_downs = [3]\n")
-    cpu = measure_options(grid, "cpu")
+    cpu = measure_options(grid.measure, "cpu")
     assert (cpu.tasks, cpu.modes, cpu.precisions, cpu.layouts) == (["infer", "train"], ["eager", "compile"],
                                                                     ["fp32"], ["nchw"])
-    cuda = measure_options(grid, "cuda")
+    cuda = measure_options(grid.measure, "cuda")
     assert cuda.precisions == ["bf16"] and cuda.layouts == ["nchw", "channels_last"]
     with pytest.raises(NectarGANError, match=r"mode 'compiled' is not valid \(did you mean 'compile'\?\)"):
-        measure_options(grid, "cpu", mode=["compiled"])
+        measure_options(grid.measure, "cpu", mode=["compiled"])
 
 
 def test_inline_launcher(tmp_path):
@@ -232,7 +232,8 @@ mode = ["eager"]
 
 
 def test_percent_of_peak_is_never_above_100():
-    from bench.records import MeasureConfig, RawMeasurement, measured_figures
+    from bench.records import MeasureConfig, RawMeasurement
+    from bench.rows import measured_figures
 
     raw = RawMeasurement(MeasureConfig("infer", "eager", "bf16", "nchw", 2), block_s=[0.1, 0.1, 0.1],
                          calls_per_block=10)
@@ -372,7 +373,8 @@ def test_nectargan_loops_sync_every_loss_and_step_both_networks(monkeypatch):
 
 def test_a_busy_cpu_flags_the_row_and_a_too_deep_discriminator_is_invalid_up_front():
     from bench.measure import config_reason
-    from bench.records import MeasureConfig, RawMeasurement, measured_figures
+    from bench.records import MeasureConfig, RawMeasurement
+    from bench.rows import measured_figures
     from bench.variant import VariantSpec
 
     raw = RawMeasurement(MeasureConfig("infer", "eager", "fp32", "nchw", 2), block_s=[0.1] * 3, calls_per_block=5)
@@ -401,10 +403,11 @@ def test_fork_server_children_start_fast_and_a_killed_one_is_reported():
     import time
 
     from bench.launcher import ForkServerLauncher, PhaseLimits
-    from bench.measure import default_launcher
+    from bench.options import default_launcher
     from bench.records import CeilingJob
+    from nectargan.runtime import Device
 
-    assert default_launcher("cpu") == "forkserver" and default_launcher("cuda:0") == "subprocess"
+    assert default_launcher(Device("cpu")) == "forkserver" and default_launcher(Device("cuda", 0)) == "subprocess"
     launcher = ForkServerLauncher()
     try:
         assert launcher.launch(CeilingJob("cpu", []), {"NECTARGAN_T": "a"}, PhaseLimits(60, 60)).status == "ok"
@@ -473,7 +476,7 @@ def test_report_refuses_to_merge_two_runs_of_the_same_measurements(tmp_path, cap
 
 
 def test_throughput_points_carry_their_interquartile_range_and_an_empty_plot_is_not_written(tmp_path):
-    from bench.report import _img_per_s_spread, plot_measured
+    from bench.plots import _img_per_s_spread, plot_measured
 
     row = {"block_s": [0.10, 0.20, 0.30, 0.40, 0.50], "calls_per_block": 10, "batch_size": 2, "img_per_s": 2 / 0.03}
     (below,), (above,) = _img_per_s_spread(pd.DataFrame([row]))

@@ -66,7 +66,8 @@ def test_merged_rows(tmp_path):
 
 
 def test_a_row_from_a_newer_schema_is_refused_in_one_line(tmp_path):
-    from bench.store import SCHEMA_VERSION, JsonlStore
+    from bench.rows import SCHEMA_VERSION
+    from bench.store import JsonlStore
 
     store = JsonlStore(tmp_path)
     store.append({"key": "a", "schema": SCHEMA_VERSION, "status": "ok"})

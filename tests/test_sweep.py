@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench.compare import compare_frames
 from bench.grid import load_grid
-from bench.report import STATIC_COLUMNS, compare_frames
+from bench.rows import STATIC_COLUMNS
 from cli import main
 
 REQUIRED_COLUMNS = [

@@ -23,8 +23,9 @@ from bench.env import ENV_FILE, write_json_atomic
 from bench.executors import DEFAULT_MAX_SHARDS, ExecutorConfig, here
 from bench.grid import Grid
 from bench.measure import MeasureOptions, plan_for
+from bench.rundir import CLUSTER_STATE
 from bench.store import JsonlStore
-from bench.sweep import CLUSTER_STATE, SweepPlan, run_sweep, select_variants
+from bench.sweep import ShardState, SweepPlan, run_plan, select_variants
 from nectargan.errors import NectarGANError
 
 STATE_FILE = CLUSTER_STATE
@@ -64,21 +65,9 @@ class SweepShard:
         enter(self.cwd)
         folder = Path(self.folder)
         resume = JsonlStore(folder).exists() or (folder / ENV_FILE).is_file()
-        result = run_sweep(self.grid, folder, plan_for(self.options), resume=resume,
-                           shard_spec=(self.index, self.count), command=self.command)
+        result = run_plan(self.grid, folder, plan_for(self.options), resume=resume,
+                          shard_spec=(self.index, self.count), command=self.command)
         return {"shard": f"{self.index}/{self.count}", "rows": result.counts, "skipped": result.skipped, **here()}
-
-
-@dataclass
-class ShardState:
-    index: int
-    folder: Path
-    variants: int
-    finished: int  # variants whose rows are all in the shard's results
-
-    @property
-    def complete(self) -> bool:
-        return self.finished == self.variants
 
 
 def shard_states(grid: Grid, directory: Path, count: int, keys_plan: SweepPlan) -> list[ShardState]:
@@ -124,7 +113,7 @@ def read_state(directory: Path) -> dict[str, Any]:
 def merge_shards(directory: Path, states: list[ShardState], extra_env: dict[str, Any]) -> list[Path]:
     """Merge the shard folders that have results into ``directory`` (replacing an earlier merge), as
     ``report`` merges folders; returns the files written. The caller holds the folder's
-    :class:`~bench.sweep.RunLock`."""
+    :class:`~bench.rundir.RunLock`."""
     from bench.report import report_dirs
 
     folders = [s.folder for s in states if JsonlStore(s.folder).path.is_file()]

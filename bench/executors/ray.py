@@ -1,6 +1,6 @@
 """Ray core: a sweep as one task per variant, study workers as K tasks, on ``ray.init(address=...)``.
 
-A sweep keeps its ordinary driver (:func:`bench.sweep.run_sweep`) with :class:`RayPlan` as its plan:
+A sweep keeps its ordinary driver (:func:`bench.sweep.run_plan`) with :class:`RayPlan` as its plan:
 the driver's worker threads each keep one variant in flight as a Ray task asking ``num_gpus`` (Ray
 sets the task's ``CUDA_VISIBLE_DEVICES``, so it measures on ``cuda:0``), and write the rows the task
 returns. The driver is therefore the only writer of ``results.jsonl``, resuming works as locally,
@@ -14,6 +14,7 @@ A task that fails after its retries becomes ``error`` rows.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -29,9 +30,11 @@ import ray.exceptions
 
 from bench.env import ENV_FILE, collect_env, read_env, write_json_atomic
 from bench.executors import ExecutorConfig, ExecutorError, Outcome, check_gpus, here, last_line, remote_device
-from bench.measure import MeasureOptions, plan_for
+from bench.measure import plan_for
+from bench.options import MeasureOptions
+from bench.rows import AnyRow, Failure
 from bench.store import JsonlStore, MemoryStore, Row
-from bench.sweep import SweepPlan, static_key
+from bench.sweep import EmitRows, SweepPlan, static_key
 from bench.variant import VariantSpec
 
 _connect_lock = threading.Lock()
@@ -124,7 +127,7 @@ def _plan_start(factory: Callable[[], SweepPlan]) -> dict[str, Any]:
     plan = factory()
     try:
         with tempfile.TemporaryDirectory(prefix="nectargan-ray-") as tmp:
-            plan.start(Path(tmp), MemoryStore())
+            plan.start(Path(tmp))
             env = read_env(Path(tmp)) or {}
     finally:
         plan.finish()
@@ -135,14 +138,14 @@ def _plan_start(factory: Callable[[], SweepPlan]) -> dict[str, Any]:
 
 @ray.remote
 def _variant_rows(factory: Callable[[], SweepPlan], start_env: dict[str, Any], spec: VariantSpec, done: set[str],
-                  static: Row | None) -> tuple[list[Row], dict[str, Any]]:
+                  static: Row | None) -> tuple[list[AnyRow], dict[str, Any]]:
     """One variant's missing rows, measured on this worker's device (its GPU is ``cuda:0``)."""
     plan = factory()
     try:
         with tempfile.TemporaryDirectory(prefix="nectargan-ray-") as tmp:
             write_json_atomic(Path(tmp) / ENV_FILE, start_env)  # the ceilings: measured once per run, not here
             store = MemoryStore([static] if static else [])
-            plan.start(Path(tmp), store)
+            plan.start(Path(tmp))
             rows = plan.rows(spec, plan.devices()[0], done, store)
     finally:
         plan.finish()
@@ -166,8 +169,9 @@ class RayPlan:
         self.start_env: dict[str, Any] = {}
 
     def devices(self) -> list[str]:
+        """One driver thread per task the cluster can run at once; each task measures on its node's device."""
         connect(self.config)
-        return [f"ray-slot-{i}" for i in range(capacity(self.config, self.gpus))]
+        return [self.device] * capacity(self.config, self.gpus)
 
     def keys(self, spec: VariantSpec) -> set[str]:
         return self.keys_plan.keys(spec)
@@ -175,7 +179,7 @@ class RayPlan:
     def _options(self) -> dict[str, Any]:
         return task_options(self.config, self.gpus)
 
-    def start(self, directory: Path, store: JsonlStore) -> None:
+    def start(self, directory: Path) -> None:
         """The plan's start on a worker (once per run, reused on resume), recorded in env.json."""
         env = read_env(directory) or {}
         if self.options is not None and not env.get("matmul_ceiling_tflops"):
@@ -192,7 +196,7 @@ class RayPlan:
         self.start_env = {k: env[k] for k in ("matmul_ceiling_tflops", "matmul_ceiling_cpu_others") if k in env}
 
     def rows(self, spec: VariantSpec, device: str, done: set[str], store: JsonlStore,
-             emit: Callable[[list[Row]], None] | None = None) -> list[Row]:
+             emit: EmitRows | None = None) -> list[AnyRow]:
         keys = self.keys(spec)
         static = None
         if static_key(spec) in done:
@@ -201,20 +205,20 @@ class RayPlan:
         try:
             rows, where = ray.get(ref)
         except ray.exceptions.OutOfMemoryError as exc:
-            return self.failed_rows(spec, self.device, done, "oom", f"Ray's memory monitor stopped the task: "
-                                    f"{_first_line(exc)}")
+            return self.failed_rows(spec, self.device, done, Failure("oom", f"Ray's memory monitor stopped the task: "
+                                                                     f"{_first_line(exc)}"))
         except ray.exceptions.RayTaskError as exc:  # the task itself raised: not retried
-            return self.failed_rows(spec, self.device, done, "error", f"Ray task failed: {_cause(exc)}")
+            return self.failed_rows(spec, self.device, done, Failure("error", f"Ray task failed: {_cause(exc)}"))
         except ray.exceptions.RayError as exc:  # its worker or node was lost, on every attempt
-            return self.failed_rows(spec, self.device, done, "error", f"Ray task lost after "
-                                    f"{self.config.max_retries} retries: {type(exc).__name__}: {_first_line(exc)}")
-        return [row | {"node": where["node"], "visible_gpus": where["visible_gpus"]} for row in rows]
+            return self.failed_rows(spec, self.device, done, Failure("error", f"Ray task lost after "
+                                    f"{self.config.max_retries} retries: {type(exc).__name__}: {_first_line(exc)}"))
+        return [dataclasses.replace(row, node=where["node"], visible_gpus=where["visible_gpus"]) for row in rows]
 
     def finish(self) -> None:
         return None
 
-    def failed_rows(self, spec: VariantSpec, device: str, done: set[str], status: str, reason: str) -> list[Row]:
-        return self.keys_plan.failed_rows(spec, self.device, done, status, reason)
+    def failed_rows(self, spec: VariantSpec, device: str, done: set[str], failure: Failure) -> list[AnyRow]:
+        return self.keys_plan.failed_rows(spec, self.device, done, failure)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ import submitit
 from bench.executors import LOGS_DIR, ExecutorConfig, ExecutorError, Outcome, check_gpus, last_line, remote_device
 from bench.executors.jobs import (
     STATE_FILE,
-    ShardState,
     SweepShard,
     merge_shards,
     read_state,
@@ -40,10 +39,11 @@ from bench.executors.jobs import (
     write_state,
 )
 from bench.grid import Grid
-from bench.measure import MeasureOptions, plan_for
+from bench.measure import plan_for
+from bench.options import MeasureOptions
+from bench.rundir import RunLock, StartedRun, check_folder, check_fresh, check_same_run
 from bench.store import JsonlStore
-from bench.sweep import LOCK_FILE, RunLock
-from nectargan.errors import NectarGANError
+from bench.sweep import ShardState, SweepProgress, SweepResult
 
 
 class _Requeueable(submitit.helpers.Checkpointable):
@@ -57,7 +57,8 @@ class _Requeueable(submitit.helpers.Checkpointable):
 
 
 def check_available(config: ExecutorConfig, gpus: int = 0) -> None:
-    """Slurm needs ``sbatch`` on this machine; say so before anything is written."""
+    """Slurm needs ``sbatch`` on this machine; say so before anything is written. (``gpus``: the engines'
+    common signature; Slurm itself refuses a request for GPUs a partition lacks, at submission.)"""
     if config.cluster == "slurm" and shutil.which("sbatch") is None:
         raise ExecutorError("executor 'slurm' needs Slurm's sbatch on this machine: run from a login node, or set "
                             "[executor] cluster = \"local\" to run the jobs as processes here")
@@ -220,18 +221,6 @@ def _live(cluster: str, logs: Path, job_id: str) -> str | None:
     return state if any(state.startswith(s) for s in LIVE_STATES) else None
 
 
-@dataclass
-class ClusterSweep:
-    """What a sweep on the cluster did: shards, their progress and failures, the files written."""
-
-    directory: Path
-    shards: list[ShardState]
-    submitted: int  # shards sent (the others were complete already)
-    failures: list[str] = field(default_factory=list)
-    written: list[Path] = field(default_factory=list)
-    detached: bool = False
-
-
 def _state(grid: Grid, options: MeasureOptions | None, config: ExecutorConfig, count: int,
            command: str | None) -> dict[str, Any]:
     return {"kind": "slurm", "executor": config.describe(), "grid": asdict(grid), "shards": count,
@@ -250,91 +239,81 @@ def _keys_plan(options: MeasureOptions | None):
     return plan_for(options, [remote_device(options.device if options else "cpu", "slurm")])
 
 
+def _started(directory: Path, grid: Grid, options: MeasureOptions | None, resume: bool) -> dict[str, Any] | None:
+    """The state of the run being resumed (None: a new run), checked as every resumed sweep is
+    (:mod:`bench.rundir`): the same grid, and (its shard folders and row keys depend on them) every option."""
+    if not resume:
+        return None
+    state, stored_grid, stored_options = _load_state(directory)
+    started = StartedRun(stored_grid.source, stored_grid.sha256, None,
+                         asdict(stored_options) if stored_options is not None else None)
+    check_same_run(directory, started, grid, None, asdict(options) if options is not None else None, keys=None)
+    return state
+
+
 def sweep(grid: Grid, directory: Path, options: MeasureOptions | None, config: ExecutorConfig, resume: bool = False,
-          command: str | None = None, on_start: Callable[[int, int], None] | None = None,
-          on_progress: Callable[[int], None] | None = None) -> ClusterSweep:
+          command: str | None = None, progress: SweepProgress | None = None) -> SweepResult:
     """Run ``grid`` as a job array of shards into ``directory`` (see :mod:`bench.executors.jobs`).
 
     ``resume`` submits again only the shards that are not complete and whose last job has ended (a
     shard whose job is still pending or running is left to it); its measure options must be the run's.
-    ``on_start(total, finished)`` and ``on_progress(finished)`` count variants.
     """
     check_available(config)
     keys_plan = _keys_plan(options)  # checks the device before anything is written
     gpus = check_gpus(config, options.device if options else "cpu")
-    fresh = not resume
-    if resume:
-        if not directory.is_dir():
-            raise NectarGANError(f"nothing to resume in {directory}: it does not exist; start a new run there instead "
-                                 "(without resume)")
-        state, stored_grid, stored_options = _load_state(directory)
-        if stored_grid.sha256 != grid.sha256:
-            raise NectarGANError(f"{directory} was started with grid {stored_grid.source} (sha256 "
-                                 f"{stored_grid.sha256[:12]}), not {grid.source}; resume with the same grid file")
-        _same_options(directory, stored_options, options)
-        count = int(state["shards"])
-    else:
-        if directory.exists() and any(p.name != LOCK_FILE for p in directory.iterdir()):
-            raise NectarGANError(f"{directory} is not empty; resume that run (--resume) or choose another output "
-                                 "folder")
-        count = shard_count(grid, config)
-        state = _state(grid, options, config, count, command)
+    progress = progress or SweepProgress()
+    check_folder(directory, resume, on_slurm=True)
+    count = 0 if resume else shard_count(grid, config)  # checked before anything is written; resumed: the run's
     with RunLock(directory):
+        check_fresh(directory, resume, on_slurm=True)
+        state = _started(directory, grid, options, resume)
+        fresh = state is None
+        count = int(state["shards"]) if state is not None else count
+        state = state if state is not None else _state(grid, options, config, count, command)
         states = shard_states(grid, directory, count, keys_plan)
         cluster = state.get("executor", {}).get("cluster", config.cluster)
         running = {s.index: live for s in states if not s.complete and (ids := state["jobs"].get(str(s.index)))
                    and (live := _live(cluster, directory / LOGS_DIR, ids[-1]))}
         todo = [s for s in states if not s.complete and s.index not in running]
-        if on_start:
-            on_start(sum(s.variants for s in states), sum(s.finished for s in states))
+        if progress.start:
+            progress.start(sum(s.variants for s in states), sum(s.finished for s in states))
         state["executor"] = config.describe()
         write_state(directory, state)
-        outcome = ClusterSweep(directory, states, submitted=len(todo), detached=config.detach)
-        outcome.failures = [f"shard {k}/{count}: job {state['jobs'][str(k)][-1]} is still {live}; not submitted "
-                            "again (collect when it ends)" for k, live in running.items()]
-        if todo:
-            calls = [SweepShard(grid, str(s.folder.resolve()), s.index, count, options, command, os.getcwd())
-                     for s in todo]
-
-            def on_submit(i: int, job_id: str) -> None:
-                state["jobs"].setdefault(str(todo[i].index), []).append(job_id)
-                write_state(directory, state)
-
-            def on_poll() -> None:
-                if on_progress:
-                    on_progress(sum(s.finished for s in shard_states(grid, directory, count, keys_plan)))
-
-            try:
-                results = run_calls(calls, config, directory / LOGS_DIR, f"nectargan-{grid.name}", gpus, on_submit,
-                                    on_poll)
-            except ExecutorError:
-                if fresh and not state["jobs"]:  # nothing was submitted: the corrected command may start afresh
-                    (directory / STATE_FILE).unlink(missing_ok=True)
-                    shutil.rmtree(directory / LOGS_DIR, ignore_errors=True)
-                raise
-            if results is None:
-                return outcome
-            outcome.failures += [f"shard {todo[r.index].index}/{count}: {r.reason}" for r in results if not r.ok]
-        outcome.shards = shard_states(grid, directory, count, keys_plan)
-        outcome.written = merge_shards(directory, outcome.shards, {"executor": config.describe(),
-                                                                   "jobs": state["jobs"]})
-    return outcome
+        result = SweepResult(directory, planned=sum(s.variants for s in states),
+                             skipped=sum(s.finished for s in states), shards=states, submitted=len(todo),
+                             detached=config.detach)
+        result.failures = [f"shard {k}/{count}: job {state['jobs'][str(k)][-1]} is still {live}; not submitted "
+                           "again (collect when it ends)" for k, live in running.items()]
+        if todo and not _submit(grid, directory, options, config, command, todo, count, state, gpus, fresh, result,
+                                lambda: progress.finished and progress.finished(
+                                    sum(s.finished for s in shard_states(grid, directory, count, keys_plan)))):
+            return result  # detached
+        result.shards = shard_states(grid, directory, count, keys_plan)
+        result.written = merge_shards(directory, result.shards, {"executor": config.describe(), "jobs": state["jobs"]})
+    return result
 
 
-def _same_options(directory: Path, stored: MeasureOptions | None, given: MeasureOptions | None) -> None:
-    """A resumed run measures what it started measuring (its shard folders and row keys depend on it)."""
-    if (stored is None) != (given is None):
-        started = "static only" if stored is None else "measured"
-        raise NectarGANError(f"{directory} was started {started}; resume it the same way (with or without "
-                             "--static-only as then)")
-    if stored is None or given is None:
-        return
-    old, new = asdict(stored), asdict(given)
-    changed = [k for k in old if old[k] != new.get(k)]
-    if changed:
-        key = changed[0]
-        raise NectarGANError(f"{directory} was started with measure option {key}={old[key]!r}, not {new[key]!r}; "
-                             "resume with the same options (see its executor.json)")
+def _submit(grid: Grid, directory: Path, options: MeasureOptions | None, config: ExecutorConfig, command: str | None,
+            todo: list[ShardState], count: int, state: dict[str, Any], gpus: int, fresh: bool, result: SweepResult,
+            on_poll: Callable[[], Any]) -> bool:
+    """Submit the shards ``todo`` and wait for them (False: detached), recording job ids and failures."""
+    calls = [SweepShard(grid, str(s.folder.resolve()), s.index, count, options, command, os.getcwd()) for s in todo]
+
+    def on_submit(i: int, job_id: str) -> None:
+        state["jobs"].setdefault(str(todo[i].index), []).append(job_id)
+        write_state(directory, state)
+
+    try:
+        outcomes = run_calls(calls, config, directory / LOGS_DIR, f"nectargan-{grid.name}", gpus, on_submit, on_poll)
+    except ExecutorError:
+        if fresh and not state["jobs"]:  # nothing was submitted: the corrected command may start afresh
+            (directory / STATE_FILE).unlink(missing_ok=True)
+            shutil.rmtree(directory / LOGS_DIR, ignore_errors=True)
+        raise
+    if outcomes is None:
+        return False
+    result.failures += [f"shard {todo[r.index].index}/{count}: {r.reason}" for r in outcomes if not r.ok]
+    return True
 
 
 def job_states(directory: Path, state: dict[str, Any]) -> dict[str, str]:
@@ -347,8 +326,9 @@ def job_states(directory: Path, state: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def collect(directory: Path) -> tuple[ClusterSweep, dict[str, str]]:
-    """Merge what a (detached) cluster sweep's shards have written so far into ``directory``."""
+def collect(directory: Path) -> tuple[SweepResult, dict[str, str]]:
+    """Merge what a (detached) cluster sweep's shards have written so far into ``directory``; the shard
+    index -> job state of the unfinished ones."""
     state, grid, options = _load_state(directory)
     count = int(state["shards"])
     with RunLock(directory):
@@ -356,7 +336,8 @@ def collect(directory: Path) -> tuple[ClusterSweep, dict[str, str]]:
         written = merge_shards(directory, states, {"executor": state.get("executor"), "jobs": state.get("jobs")})
     incomplete = {str(s.index) for s in states if not s.complete}
     jobs = {k: v for k, v in job_states(directory, state).items() if k in incomplete}
-    result = ClusterSweep(directory, states, submitted=0, written=written)
+    result = SweepResult(directory, planned=sum(s.variants for s in states), skipped=0, shards=states,
+                         written=written)
     if not any(JsonlStore(s.folder).path.is_file() for s in states):
         result.failures.append("no shard has written results yet")
     return result, jobs
