@@ -35,7 +35,7 @@ from bench.timing import default_timer, measure_interleaved
 from bench.variant import VariantSpec
 from nectargan.runtime import autocast, autocast_dtype, dynamo_counts, set_tf32
 from nectargan.train.config import Resolved, TrainConfig
-from nectargan.train.loop import build_models
+from nectargan.train.networks import build_models
 from nectargan.train.step import Pix2PixStep, make_adam
 
 WARMUP_CALLS = 3
