@@ -75,6 +75,7 @@ def _run(job: Job, progress: Progress, device: Any) -> Envelope:
     import torch
 
     from bench import workload
+    from bench.timing import others_busy_during
     from bench.variant import VariantSpec
 
     if device.type == "cuda":
@@ -89,7 +90,7 @@ def _run(job: Job, progress: Progress, device: Any) -> Envelope:
                     progress("ceiling")
                     ceilings[precision] = workload.matmul_ceiling(device, precision, job.min_block_s)
 
-            _, others = workload.others_busy_during(measure)
+            _, others = others_busy_during(measure)
             workload.release(device)  # the next job in this child starts with an empty cache
             return Envelope("ok", ceilings=ceilings, threads=torch.get_num_threads(),
                             ceiling_others=others if device.type == "cpu" else None)

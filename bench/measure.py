@@ -94,7 +94,7 @@ def config_reason(spec: VariantSpec, cfg: MeasureConfig, device: str) -> str | N
 
         from nectargan.errors import InvalidArgumentError
         from nectargan.train.config import Resolved
-        from nectargan.train.loop import check_models
+        from nectargan.train.networks import check_models
 
         config = TrainConfig(generator=spec.model_kwargs(), d_layers=cfg.d_layers or TrainConfig.d_layers,
                              d_features=cfg.d_features or TrainConfig.d_features)

@@ -10,11 +10,14 @@ exceeds 10 %. Several workloads are measured interleaved (A B A B ...), so a mac
 (thermal, other load) moves all of them alike and their ratios hold.
 
 On CUDA a block is timed with CUDA events around the block (after a synchronise), on the CPU with
-``time.perf_counter``. Timers are objects with ``time(fn, calls) -> seconds``, so tests inject a fake.
+``time.perf_counter`` (:func:`default_timer`: the one choice, for sweeps and studies alike; a host clock
+read after GPU work needs :func:`synchronize` first). Timers are objects with ``time(fn, calls) -> seconds``,
+so tests inject a fake. :func:`others_busy_during` says how busy other processes kept the CPUs meanwhile.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -64,9 +67,23 @@ class CudaEventTimer:
         return start.elapsed_time(end) / 1000.0
 
 
+def _on_cuda(device: object) -> bool:
+    """Whether ``device`` (a torch.device) is a GPU, whose work runs asynchronously to the host."""
+    return getattr(device, "type", None) == "cuda"
+
+
 def default_timer(device: object) -> BlockTimer:
-    """CUDA events on a GPU (``device.type == "cuda"``), ``perf_counter`` elsewhere: the one choice of timer."""
-    return CudaEventTimer(device) if getattr(device, "type", None) == "cuda" else PerfCounterTimer()
+    """CUDA events on a GPU, ``perf_counter`` elsewhere: the one choice of timer, for the sweep and the studies."""
+    return CudaEventTimer(device) if _on_cuda(device) else PerfCounterTimer()
+
+
+def synchronize(device: object) -> None:
+    """Wait for the work queued on ``device`` (a GPU's; the CPU has none), so that a host clock read next
+    includes it: around a wall-clock reading, and before timed blocks start."""
+    if _on_cuda(device):
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -190,3 +207,30 @@ def row_quartiles(block_s: Any, calls_per_block: Any) -> tuple[float, float] | N
     if not isinstance(block_s, list) or len(block_s) < 2 or not calls_per_block or calls_per_block != calls_per_block:
         return None
     return Measurement(block_s=list(block_s), calls_per_block=int(calls_per_block)).quartiles_s
+
+
+def others_busy_during(fn: Callable[[], object]) -> tuple[object, float | None]:
+    """``fn()`` and the cores other processes kept busy meanwhile (from /proc/stat; None where unreadable)."""
+    machine_before, own_before, wall_before = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
+    result = fn()
+    machine_after = _machine_busy_s()
+    if machine_before is None or machine_after is None:
+        return result, None
+    busy = (machine_after - machine_before) - (_own_cpu_s() - own_before)
+    return result, max(0.0, busy / max(time.perf_counter() - wall_before, 1e-9))
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system

@@ -41,18 +41,19 @@ def trace_step(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, step
     """Profile ``steps`` warm calls of ``cfg``; the ``top`` kernels (operators on the CPU) by their own time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from bench.workload import _sync, build_workload
+    from bench.timing import synchronize
+    from bench.workload import build_workload
 
     workload = build_workload(spec, cfg, device, seed=0)
     for _ in range(1 + WARMUP_CALLS):  # the first call compiles a compiled mode
         workload.call()
-    _sync(device)
+    synchronize(device)
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
             workload.call()
-        _sync(device)
+        synchronize(device)
     events = prof.key_averages()
     if cuda:
         timed = [(e.key, e.count, _device_us(e)) for e in events

@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from bench.energy import EnergyTimer, open_meter
 from bench.nectargan_loop import nectargan_g_step, nectargan_gan_step
 from bench.records import COMPILE_MODES, MeasureConfig, RawMeasurement
-from bench.timing import default_timer, measure_interleaved
+from bench.timing import default_timer, measure_interleaved, others_busy_during
+from bench.timing import synchronize as _sync
 from bench.variant import VariantSpec
 from nectargan.runtime import autocast, autocast_dtype, dynamo_counts, set_tf32
 from nectargan.train.config import Resolved, TrainConfig
-from nectargan.train.loop import build_models
+from nectargan.train.networks import build_models
 from nectargan.train.step import Pix2PixStep, make_adam
 
 WARMUP_CALLS = 3
@@ -156,11 +157,6 @@ def _gan_workload(spec: VariantSpec, cfg: MeasureConfig, device: torch.device, x
 
 def _format(cfg: MeasureConfig) -> torch.memory_format:
     return torch.channels_last if cfg.layout == "channels_last" else torch.contiguous_format
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _first_call(workload: Workload, device: torch.device) -> float:
@@ -342,33 +338,6 @@ def _memory(workload: Workload, device: torch.device) -> tuple[int | None, int |
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base + workload.persistent_bytes
     return peak, torch.cuda.max_memory_reserved(device)
-
-
-def others_busy_during(fn: Callable[[], object]) -> tuple[object, float | None]:
-    """``fn()`` and the cores other processes kept busy meanwhile (from /proc/stat; None where unreadable)."""
-    machine_before, own_before, wall_before = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
-    result = fn()
-    machine_after = _machine_busy_s()
-    if machine_before is None or machine_after is None:
-        return result, None
-    busy = (machine_after - machine_before) - (_own_cpu_s() - own_before)
-    return result, max(0.0, busy / max(time.perf_counter() - wall_before, 1e-9))
-
-
-def _machine_busy_s() -> float | None:
-    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat; None elsewhere."""
-    try:
-        with open("/proc/stat") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def _rss_bytes() -> int | None:

@@ -84,7 +84,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help=f"Random seed [default: {D.seed}].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N [default: auto].")] = None,
     precision: Annotated[
-        PrecisionChoice | None, typer.Option(help="auto: bf16 on CUDA, fp32 on CPU [default: auto].")
+        PrecisionChoice | None, typer.Option(help="auto: bf16 on a GPU that has it, else fp32 [default: auto].")
     ] = None,
     channels_last: Annotated[
         bool | None, typer.Option(help="channels_last memory format (default: on for CUDA).")

@@ -1,6 +1,6 @@
 """Study workers on a cluster: K worker jobs (Slurm) or tasks (Ray) sharing one Optuna storage.
 
-Each worker is :func:`studies.runner.run_worker`, as on one machine; the storage is the only
+Each worker is :func:`studies.worker.run_worker`, as on one machine; the storage is the only
 coordinator, so it must be one that every node reaches (:func:`studies.storage.check_cluster_storage`).
 The study is created, and its baseline enqueued, by the driver before anything is submitted. A
 worker that is lost (a killed process, a lost node, a preempted job) is started again by its engine
@@ -21,9 +21,10 @@ from typing import Any
 from bench.executors import LOGS_DIR, ExecutorConfig, Outcome, check_gpus, engine, here, remote_device
 from bench.executors.jobs import enter
 from nectargan.errors import NectarGANError
+from nectargan.runtime import Device
 from studies.config import StudyConfig
-from studies.runner import StudyRun, run_worker
 from studies.storage import check_cluster_storage
+from studies.worker import StudyRun, run_worker
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def prepare_run(run: StudyRun, config: StudyConfig, executor: ExecutorConfig) ->
     shared storage URL, absolute folders, a run id tagging its trials, threads per worker."""
     storage = check_cluster_storage(run.storage, executor.kind)
     device = str(config.fixed.get("device", "auto"))
-    if device != "auto":
+    if Device.parse(device).kind != "auto":
         remote_device(device, executor.kind)
     engine(executor.kind).check_available(executor, gpus_per_worker(config, executor))
     out_root = str(run.out(config).resolve())
@@ -63,14 +64,14 @@ def prepare_run(run: StudyRun, config: StudyConfig, executor: ExecutorConfig) ->
 def gpus_per_worker(config: StudyConfig, executor: ExecutorConfig) -> int:
     """GPUs per worker: one unless the study runs on the CPU. ``auto`` means a GPU on Slurm (the login node
     cannot see the compute nodes) and on a Ray cluster that has GPUs; on a Ray cluster without any, the CPU."""
-    device = str(config.fixed.get("device", "auto"))
-    if device == "auto":
+    device = Device.parse(str(config.fixed.get("device", "auto")))
+    if device.kind == "auto":
         if executor.kind == "ray" and executor.gpus_per_task is None:
             from bench.executors import ray as ray_engine
 
             return 1 if ray_engine.cluster_gpus(executor) > 0 else 0
         return executor.gpus("cuda")
-    return check_gpus(executor, "cpu" if device == "cpu" else "cuda")
+    return check_gpus(executor, device.kind)
 
 
 def run_workers(run: StudyRun, config: StudyConfig, executor: ExecutorConfig, shares: list[int | None],

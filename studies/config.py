@@ -1,39 +1,21 @@
 """Study configs: TOML files that define a search space, objectives, constraints and a budget.
 
-Example (``studies/smoke.toml``)::
+The sections and their keys (``studies/smoke.toml`` and ``studies/default.toml`` are complete
+examples; a key left out takes :class:`StudyConfig`'s default, written there only)::
 
     description = "..."
-
-    [study]
-    name = "smoke"
-    objectives = ["val_psnr", "infer_img_per_s"]  # several: a multi-objective study with a Pareto front
-    sampler = "tpe"                    # tpe (multivariate, grouped) | nsga2 | gp | random
-    pruner = "none"                    # median | hyperband | none (must be none with several objectives)
-    seed = 0
-    n_trials = 6
-    baseline = true                    # trial 0 is NectarGAN's default generator (see studies.baseline)
-
-    [data]                             # built from scikit-image's photos when missing and task is given
-    path = "results/data/edges2photo-64"
-    task = "edges2photo"
-
-    [budget]                           # per trial
-    steps = 200
-    seconds = 120
-    eval_every = 50
-    trial_timeout_s = 300              # a trial still running then is pruned with the reason
-    infer_blocks = 3                   # the trained generator's inference timing (studies.speed)
-    infer_min_block_s = 0.1
-
-    [space]                            # a list is categorical; a table is a range
-    n_downs = [3, 4]
-    lr = { low = 1e-4, high = 1e-3, log = true }
-
-    [fixed]                            # settings held constant
-    input_size = 64
-
-    [constraints]                      # Optuna constraints: a trial over a limit is infeasible
-    max_params = 5e6
+    [study]        name, objectives (several: a multi-objective study with a Pareto front),
+                   sampler (tpe: multivariate, grouped | nsga2 | gp | random),
+                   pruner (median | hyperband | none; none with several objectives), seed, n_trials,
+                   baseline (trial 0 is NectarGAN's default generator, see studies.baseline)
+    [data]         path; task, size, count, seed: built from scikit-image's photos when missing and task is given
+    [budget]       per trial: steps and/or seconds, eval_every, trial_timeout_s (a trial still running then
+                   is pruned with the reason), infer_blocks and infer_min_block_s (studies.speed)
+    [space]        a list is categorical, e.g. n_downs = [3, 4]; a table is a range,
+                   e.g. lr = { low = 1e-4, high = 1e-3, log = true }
+    [fixed]        settings held constant, e.g. input_size = 64
+    [constraints]  Optuna constraints (max_params, max_gflops, max_peak_mem_mib): a trial over a limit is infeasible
+    [executor]     where the workers run (bench.executors)
 """
 
 from __future__ import annotations
@@ -88,9 +70,14 @@ class Range:
 
 @dataclass(frozen=True)
 class StudyConfig:
+    """A parsed, checked study config. Its field defaults are the defaults of the keys a TOML file leaves
+    out (written here only), with two rules on top: ``pruner`` is ``none`` with several objectives,
+    and ``steps`` is unset when the budget gives ``seconds`` alone. ``data_size`` defaults to
+    ``[fixed].input_size`` where that is set."""
+
     name: str
-    objectives: list[str]
-    space: dict[str, list[Any] | Range]
+    objectives: list[str] = field(default_factory=lambda: ["val_l1"])
+    space: dict[str, list[Any] | Range] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     constraints: dict[str, float] = field(default_factory=dict)
     sampler: str = "tpe"
@@ -123,8 +110,8 @@ class StudyConfig:
         return len(self.objectives) > 1
 
 
-# The defaults of a config key left out: StudyConfig's own (written once, there).
-_D = StudyConfig(name="", objectives=[], space={})
+# The value of a key left out: StudyConfig's own default (see its docstring).
+_DEFAULTS = StudyConfig(name="")
 
 
 def load_study_config(config: str | Path) -> StudyConfig:
@@ -147,6 +134,7 @@ def parse_study_config(text: str, source: str = "<string>", name: str = "study",
 
 
 def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> StudyConfig:
+    """The checked config of a parsed TOML table: each section's keys, then each section's values."""
     where = source
     check_keys(where, "", data, SECTIONS, StudyConfigError)
     study = _table(data, "study", STUDY_KEYS, where)
@@ -156,15 +144,62 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
     fixed = _table(data, "fixed", FIXED_PARAMS, where)
     constraints_t = _table(data, "constraints", CONSTRAINTS, where)
     executor_t = _table(data, "executor", EXECUTOR_KEYS, where)
-    try:  # checked now, applied by the command with its flags on top
-        executor_config(executor_t, where, table_only=True)
+    _check_executor(where, executor_t)
+    settings = _study_settings(where, study, name)
+    space = _space(where, space_t)
+    _check_fixed(where, fixed, space)
+    constraints = {k: _number(f"{where}: [constraints].{k}", v, minimum=0) for k, v in constraints_t.items()}
+    settings |= _budget_settings(where, budget)
+    description = data.get("description", _DEFAULTS.description)
+    if not isinstance(description, str):
+        raise StudyConfigError(f"{where}: description must be a string")
+    settings |= _data_settings(where, data_t, fixed)
+    return StudyConfig(space=space, fixed=dict(fixed), constraints=constraints, executor=dict(executor_t),
+                       description=description, source=source, sha256=sha256, **settings)
+
+
+def _check_executor(where: str, executor: dict[str, Any]) -> None:
+    """[executor]: checked now, applied by the command with its flags on top."""
+    try:
+        executor_config(executor, where, table_only=True)
     except ExecutorError as exc:
         raise StudyConfigError(str(exc)) from None
-    if "shards" in executor_t:
+    if "shards" in executor:
         raise StudyConfigError(f"{where}: [executor].shards splits a sweep's grid; a study runs as many jobs as "
                                "its workers (--workers)")
 
-    objectives = study.get("objectives", ["val_l1"])
+
+def _study_settings(where: str, study: dict[str, Any], default_name: str) -> dict[str, Any]:
+    """[study]: name, objectives, sampler, pruner, seed, n_trials and baseline, checked."""
+    objectives = _objectives(where, study.get("objectives", _DEFAULTS.objectives))
+    sampler = study.get("sampler", _DEFAULTS.sampler)
+    if sampler not in SAMPLERS:
+        raise StudyConfigError(f"{where}: [study].sampler = {sampler!r}{did_you_mean(str(sampler), SAMPLERS)}; "
+                               f"valid: {', '.join(SAMPLERS)}")
+    pruner = study.get("pruner", _DEFAULTS.pruner if len(objectives) == 1 else "none")
+    if pruner not in PRUNERS:
+        raise StudyConfigError(f"{where}: [study].pruner = {pruner!r}{did_you_mean(str(pruner), PRUNERS)}; "
+                               f"valid: {', '.join(PRUNERS)}")
+    if pruner != "none" and len(objectives) > 1:
+        raise StudyConfigError(
+            f"{where}: [study].pruner = {pruner!r} cannot be used with {len(objectives)} objectives: Optuna "
+            "cannot prune a multi-objective study; set pruner = 'none'"
+        )
+    baseline = study.get("baseline", _DEFAULTS.baseline)
+    if not isinstance(baseline, bool):
+        raise StudyConfigError(f"{where}: [study].baseline = {baseline!r} must be true or false")
+    name = study.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise StudyConfigError(f"{where}: [study].name must be a non-empty string")
+    return {
+        "name": name, "objectives": objectives, "sampler": sampler, "pruner": pruner, "baseline": baseline,
+        "seed": _number(f"{where}: [study].seed", study.get("seed", _DEFAULTS.seed), int),
+        "n_trials": _number(f"{where}: [study].n_trials", study.get("n_trials", _DEFAULTS.n_trials), int, 1),
+    }
+
+
+def _objectives(where: str, objectives: Any) -> list[str]:
+    """[study].objectives: one name or a non-empty list of distinct known ones."""
     if isinstance(objectives, str):
         objectives = [objectives]
     if not isinstance(objectives, list) or not objectives:
@@ -177,22 +212,13 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
             )
     if len(set(objectives)) != len(objectives):
         raise StudyConfigError(f"{where}: [study].objectives lists an objective twice")
-    sampler = study.get("sampler", _D.sampler)
-    if sampler not in SAMPLERS:
-        raise StudyConfigError(f"{where}: [study].sampler = {sampler!r}{did_you_mean(str(sampler), SAMPLERS)}; "
-                               f"valid: {', '.join(SAMPLERS)}")
-    pruner = study.get("pruner", _D.pruner if len(objectives) == 1 else "none")
-    if pruner not in PRUNERS:
-        raise StudyConfigError(f"{where}: [study].pruner = {pruner!r}{did_you_mean(str(pruner), PRUNERS)}; "
-                               f"valid: {', '.join(PRUNERS)}")
-    if pruner != "none" and len(objectives) > 1:
-        raise StudyConfigError(
-            f"{where}: [study].pruner = {pruner!r} cannot be used with {len(objectives)} objectives: Optuna "
-            "cannot prune a multi-objective study; set pruner = 'none'"
-        )
+    return list(objectives)
 
+
+def _space(where: str, table: dict[str, Any]) -> dict[str, list[Any] | Range]:
+    """[space]: a non-empty list of choices (categorical) or a range table per searched setting."""
     space: dict[str, list[Any] | Range] = {}
-    for key, value in space_t.items():
+    for key, value in table.items():
         entry = f"{where}: [space].{key}"
         if isinstance(value, list):
             if not value:
@@ -205,73 +231,57 @@ def _config_from(data: dict[str, Any], source: str, name: str, sha256: str) -> S
             space[key] = _range(entry, key, value)
         else:
             raise StudyConfigError(f"{entry} must be a list (categorical) or a table {{ low = .., high = .. }}")
+    return space
+
+
+def _check_fixed(where: str, fixed: dict[str, Any], space: dict[str, Any]) -> None:
+    """[fixed]: each value of its setting's type and known name, and not searched as well."""
     for key, value in fixed.items():
         _check_type(f"{where}: [fixed].{key}", key, value)
         _check_name(f"{where}: [fixed].{key}", key, value)
         if key in space:
             raise StudyConfigError(f"{where}: {key} is both searched ([space]) and fixed ([fixed]); keep one")
-    constraints = {k: _number(f"{where}: [constraints].{k}", v, minimum=0) for k, v in constraints_t.items()}
 
-    steps = budget.get("steps", _D.steps if "seconds" not in budget else None)
-    seconds = budget.get("seconds")
+
+def _budget_settings(where: str, budget: dict[str, Any]) -> dict[str, Any]:
+    """[budget]: steps and/or seconds per trial, eval_every, the trial time limit and the inference timing."""
+    steps = budget.get("steps", _DEFAULTS.steps if "seconds" not in budget else None)
+    seconds = budget.get("seconds", _DEFAULTS.seconds)
     if steps is not None:
         _number(f"{where}: [budget].steps", steps, int, 1)
     if seconds is not None:
         _number(f"{where}: [budget].seconds", seconds, float, 0.001)
-    eval_every = _number(f"{where}: [budget].eval_every", budget.get("eval_every", _D.eval_every), int, 1)
-    timeout = budget.get("trial_timeout_s")
+    eval_every = _number(f"{where}: [budget].eval_every", budget.get("eval_every", _DEFAULTS.eval_every), int, 1)
+    timeout = budget.get("trial_timeout_s", _DEFAULTS.trial_timeout_s)
     if timeout is not None:
         _number(f"{where}: [budget].trial_timeout_s", timeout, float, 0.001)
-    infer_blocks = _number(f"{where}: [budget].infer_blocks", budget.get("infer_blocks", _D.infer_blocks),
+    infer_blocks = _number(f"{where}: [budget].infer_blocks", budget.get("infer_blocks", _DEFAULTS.infer_blocks),
                            int, 1)
     infer_min_block_s = number(f"{where}: [budget].infer_min_block_s",
-                               budget.get("infer_min_block_s", _D.infer_min_block_s),
+                               budget.get("infer_min_block_s", _DEFAULTS.infer_min_block_s),
                                StudyConfigError, above=0)
-    baseline = study.get("baseline", True)
-    if not isinstance(baseline, bool):
-        raise StudyConfigError(f"{where}: [study].baseline = {baseline!r} must be true or false")
-    name_value = study.get("name", name)
-    if not isinstance(name_value, str) or not name_value:
-        raise StudyConfigError(f"{where}: [study].name must be a non-empty string")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise StudyConfigError(f"{where}: description must be a string")
-    task = data_t.get("task")
+    return {"steps": steps, "seconds": seconds, "eval_every": eval_every, "trial_timeout_s": timeout,
+            "infer_blocks": infer_blocks, "infer_min_block_s": float(infer_min_block_s)}
+
+
+def _data_settings(where: str, table: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+    """[data]: the dataset folder, and the task, size, count and seed to build it with when it is missing."""
+    task = table.get("task", _DEFAULTS.data_task)
     from nectargan.data.samples import TASKS
 
     if task is not None and task not in TASKS:
         raise StudyConfigError(f"{where}: [data].task = {task!r}{did_you_mean(str(task), TASKS)}; "
                                f"valid: {', '.join(TASKS)}")
-    path = data_t.get("path", _D.data_path)
+    path = table.get("path", _DEFAULTS.data_path)
     if not isinstance(path, str) or not path:
         raise StudyConfigError(f"{where}: [data].path must be a folder path")
-    return StudyConfig(
-        name=name_value,
-        objectives=list(objectives),
-        space=space,
-        fixed=dict(fixed),
-        constraints=constraints,
-        sampler=sampler,
-        pruner=pruner,
-        seed=_number(f"{where}: [study].seed", study.get("seed", _D.seed), int),
-        n_trials=_number(f"{where}: [study].n_trials", study.get("n_trials", _D.n_trials), int, 1),
-        data_path=path,
-        data_task=task,
-        data_size=_number(f"{where}: [data].size", data_t.get("size", fixed.get("input_size", _D.data_size)), int, 32),
-        data_count=_number(f"{where}: [data].count", data_t.get("count", _D.data_count), int, 3),
-        data_seed=_number(f"{where}: [data].seed", data_t.get("seed", _D.data_seed), int),
-        steps=steps,
-        seconds=seconds,
-        eval_every=eval_every,
-        trial_timeout_s=timeout,
-        infer_blocks=infer_blocks,
-        infer_min_block_s=float(infer_min_block_s),
-        baseline=baseline,
-        executor=dict(executor_t),
-        description=description,
-        source=source,
-        sha256=sha256,
-    )
+    size = table.get("size", fixed.get("input_size", _DEFAULTS.data_size))
+    return {
+        "data_path": path, "data_task": task,
+        "data_size": _number(f"{where}: [data].size", size, int, 32),
+        "data_count": _number(f"{where}: [data].count", table.get("count", _DEFAULTS.data_count), int, 3),
+        "data_seed": _number(f"{where}: [data].seed", table.get("seed", _DEFAULTS.data_seed), int),
+    }
 
 
 def _check_type(where: str, key: str, value: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bench.timing import BlockTimer, Measurement, default_timer, measure_interleaved
+from bench.timing import BlockTimer, Measurement, default_timer, measure_interleaved, synchronize
 from nectargan.train.config import Resolved
 
 WARMUP_CALLS = {"compile": 3, "eager": 1}  # compiling (and autotuning) happens in the warm-up
@@ -64,8 +64,7 @@ def _measure(models: dict[str, torch.nn.Module], batch_size: int, input_size: in
         for _ in range(WARMUP_CALLS[inference_mode(device)]):
             call()
         calls[name] = call
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return measure_interleaved(calls, timer or default_timer(device), blocks=blocks, min_block_s=min_block_s)
 
 

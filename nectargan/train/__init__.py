@@ -2,7 +2,8 @@
 
 from nectargan.runtime import resolve_device
 from nectargan.train.config import TrainConfig, resolve
-from nectargan.train.loop import METRIC_COLUMNS, NonFiniteLossError, TrainingInterrupted, evaluate, fit
+from nectargan.train.loop import NonFiniteLossError, TrainingInterrupted, evaluate, fit
+from nectargan.train.run_folder import METRIC_COLUMNS
 from nectargan.train.step import Pix2PixStep
 
 __all__ = [

@@ -125,6 +125,9 @@ class Resolved:
 
 
 def resolve(config: TrainConfig) -> Resolved:
+    """The concrete device first, then its defaults for what ``config`` leaves to ``auto`` / None: the
+    precision and layout a sweep measures by default on it (:func:`nectargan.runtime.default_precision`;
+    channels_last where :func:`~nectargan.runtime.default_layouts` includes it), torch.compile on a GPU."""
     device = runtime.resolve_device(config.device)
     cuda = device.type == "cuda"
     precision = config.precision
@@ -132,10 +135,13 @@ def resolve(config: TrainConfig) -> Resolved:
         precision = runtime.default_precision(str(device))
     if precision in runtime.CUDA_ONLY_PRECISIONS and not cuda:
         raise InvalidArgumentError(f"precision={precision!r} needs CUDA; on the CPU use fp32 or bf16")
+    channels_last = config.channels_last
+    if channels_last is None:
+        channels_last = "channels_last" in runtime.default_layouts(str(device))
     return Resolved(
         device=device,
         precision=precision,
-        channels_last=cuda if config.channels_last is None else config.channels_last,
+        channels_last=channels_last,
         compile=cuda if config.compile is None else config.compile,
     )
 

@@ -1,4 +1,4 @@
-"""The training loop: data, budget, LR decay, evaluation, metrics.csv, samples, checkpoints.
+"""The training loop: data, budget, LR decay, evaluation, callbacks (the run folder's files: :mod:`.run_folder`).
 
 The loop emits events to callbacks (``on_log``, ``on_eval``, ``on_end``, each taking a dict); the
 CLI's progress bar and the Optuna trials subscribe to them. An exception raised by a callback (for
@@ -12,37 +12,38 @@ so the same command can simply be run again. Ctrl-C after that keeps the run: th
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from nectargan.data.paired import PairedImageDataset, PreloadedPairs
 from nectargan.errors import InvalidArgumentError, NectarGANError
 from nectargan.metrics import image_metrics
-from nectargan.models.checkpoint import save_checkpoint
 from nectargan.models.patchgan.model import Discriminator
 from nectargan.models.unet.model import UnetGenerator
 from nectargan.runtime import dynamo_counts, set_tf32
-from nectargan.train.config import Resolved, TrainConfig, memory_reason, resolve
+from nectargan.train.config import Resolved, TrainConfig, resolve
+from nectargan.train.networks import build_models, check_models
+from nectargan.train.run_folder import (
+    MetricsWriter,
+    check_run_folder,
+    keep_interrupted,
+    remove_created,
+    save_run,
+    save_samples,
+    write_run_config,
+)
 from nectargan.train.step import Pix2PixStep
 
-METRIC_COLUMNS = [
-    "step", "elapsed_s", "img_per_s", "lr", "loss_d", "loss_g_gan", "loss_g_l1", "val_l1", "val_psnr", "val_ssim",
-]
 WARMUP_STEPS = 3
 CPU_PRELOAD_BYTES = 2 * 2**30
-
-
 EVENTS = ("on_log", "on_eval", "on_end")
 
 
@@ -136,58 +137,6 @@ def _batches(
             epoch += 1
 
 
-def _discriminator(config: TrainConfig, generator: UnetGenerator, n_layers: int | None = None) -> Discriminator:
-    return Discriminator(
-        in_channels=generator.in_channels, base_channels=config.d_features,
-        n_layers=config.d_layers if n_layers is None else n_layers, target_channels=generator.out_channels,
-    )
-
-
-def check_models(config: TrainConfig, run: Resolved) -> None:
-    """Build G and D on the meta device (nothing allocated) and check what would fail later.
-
-    The generator's arguments; ``d_layers`` against the image size (each PatchGAN layer but the last
-    two halves the image, and at least one patch must remain: at most 4 layers at 32 px, 5 at 64, 7
-    at 256); and memory: fp32 weights, gradients and two Adam moments of both networks must fit on the
-    device (:func:`~nectargan.train.config.memory_reason`).
-    """
-    with torch.device("meta"):
-        generator = UnetGenerator(**config.generator)
-        discriminator = _discriminator(config, generator)
-        size = generator.input_size
-        try:
-            discriminator.output_size(size)
-        except InvalidArgumentError:
-            fits = [n for n in range(1, config.d_layers) if _leaves_a_patch(_discriminator(config, generator, n), size)]
-            hint = f"use d_layers <= {fits[-1]} at this size, or a larger input_size" if fits else (
-                "use a larger input_size")
-            raise InvalidArgumentError(
-                f"d_layers={config.d_layers} is too deep for input_size={size}: the PatchGAN discriminator's "
-                f"downsamplings would leave no patch; {hint}"
-            ) from None
-    params = sum(p.numel() for model in (generator, discriminator) for p in model.parameters())
-    reason = memory_reason("the generator and discriminator", params, "training", run.device)
-    if reason is not None:
-        raise InvalidArgumentError(reason)
-
-
-def _leaves_a_patch(discriminator: Discriminator, size: int) -> bool:
-    try:
-        discriminator.output_size(size)
-    except InvalidArgumentError:
-        return False
-    return True
-
-
-def build_models(config: TrainConfig, run: Resolved) -> tuple[UnetGenerator, Discriminator]:
-    generator = UnetGenerator(**config.generator)
-    discriminator = _discriminator(config, generator)
-    memory_format = torch.channels_last if run.channels_last else torch.preserve_format
-    generator.to(run.device, memory_format=memory_format)
-    discriminator.to(run.device, memory_format=memory_format)
-    return generator, discriminator
-
-
 @torch.no_grad()
 def evaluate(generator: torch.nn.Module, pairs: PreloadedPairs, run: Resolved, batch_size: int = 16):
     """Mean val L1 / PSNR / SSIM of the generator (eval mode) over a preloaded split."""
@@ -210,45 +159,6 @@ def evaluate(generator: torch.nn.Module, pairs: PreloadedPairs, run: Resolved, b
     return {f"val_{k}": v / n for k, v in sums.items()}, first
 
 
-def save_samples(path: Path, triple: tuple[torch.Tensor, torch.Tensor, torch.Tensor], count: int) -> Path:
-    """A PNG grid: one row per image, input | output | target."""
-    rows = []
-    for x, out, y in zip(*(t[:count] for t in triple), strict=True):
-        tiles = []
-        for image in (x, out, y):
-            array = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-            if array.shape[2] == 1:
-                array = np.repeat(array, 3, axis=2)
-            tiles.append(array[:, :, :3])
-        rows.append(np.concatenate(tiles, axis=1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-    return path
-
-
-class _MetricsWriter:
-    def __init__(self, path: Path | None):
-        self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w", newline="") as handle:
-                csv.writer(handle).writerow(METRIC_COLUMNS)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        with open(self.path, "a", newline="") as handle:
-            csv.writer(handle).writerow([_fmt(record.get(c)) for c in METRIC_COLUMNS])
-
-
-def _fmt(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
-
-
 def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train G and D under ``config``; return a summary (also written to ``out/summary.json``).
 
@@ -264,11 +174,57 @@ def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     A failure before the first step completes removes what this call created in ``out``.
     """
     config.validate()
-    handlers = _handlers(callbacks)
+    session = _prepare(config, _handlers(callbacks))
+    out = session.out
+    created = out is not None and not out.exists()
+    try:
+        summary = _train(session)
+    except KeyboardInterrupt:
+        if session.step == 0:
+            remove_created(out, created, session.written)
+            raise TrainingInterrupted(out, 0, []) from None
+        last_eval = session.last_eval
+        summary = _summary(session, last_eval, interrupted=True, val_step=last_eval.get("step"))
+        kept = keep_interrupted(out, config, session.generator, session.discriminator, session.step_fn, summary)
+        raise TrainingInterrupted(out, session.step, kept) from None
+    except BaseException:
+        if session.step == 0:
+            remove_created(out, created, session.written)
+        raise
+    _emit(session.handlers, "on_end", summary)
+    return summary
+
+
+@dataclass
+class _Session:
+    """One :func:`fit` call: what it trains with, and how far it has got (what a Ctrl-C keeps)."""
+
+    config: TrainConfig
+    run: Resolved
+    handlers: list[Handler]
+    out: Path | None
+    generator: UnetGenerator
+    discriminator: Discriminator
+    step_fn: Pix2PixStep
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    val_pairs: PreloadedPairs
+    preload: bool
+    counts_at_start: dict[str, int]  # torch._dynamo's counters before this run: its own breaks are the difference
+    compile_counts: dict[str, int] = field(default_factory=dict)  # the counters after the warm-up steps
+    written: list[Path] = field(default_factory=list)  # removed again if the run fails before its first step
+    writer: MetricsWriter = field(default_factory=lambda: MetricsWriter(None))
+    step: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    initial: dict[str, Any] = field(default_factory=dict)  # the val metrics before the first step
+    last_eval: dict[str, Any] = field(default_factory=dict)
+
+
+def _prepare(config: TrainConfig, handlers: list[Handler]) -> _Session:
+    """Everything checked and built before the run folder is touched: device, models, data, the step."""
     run = resolve(config)
     check_models(config, run)
     out = Path(config.out) if config.out else None
-    _check_out(out)
+    check_run_folder(out)
     seed_everything(config.seed)
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -278,9 +234,8 @@ def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         torch._dynamo.reset()  # or after 8 models dynamo's recompile limit would silently run them eagerly
     counts_at_start = dynamo_counts()
     generator, discriminator = build_models(config, run)
-    size = generator.input_size
     data_kwargs = {
-        "crop_size": size, "load_size": config.load_size, "direction": config.direction,
+        "crop_size": generator.input_size, "load_size": config.load_size, "direction": config.direction,
         "in_channels": generator.in_channels, "out_channels": generator.out_channels, "seed": config.seed,
     }
     train_set = PairedImageDataset(config.data, "train", **data_kwargs)
@@ -290,185 +245,145 @@ def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         )
     val_pairs = PairedImageDataset(config.data, "val", **data_kwargs).preload(run.device)
     preload = _should_preload(train_set, run, config.preload)
-    batches = _batches(train_set, config, run, preload)
-    step_fn = Pix2PixStep(generator, discriminator, config, run)
-
-    created = out is not None and not out.exists()
-    written: list[Path] = []
-    step = 0
-    start = time.perf_counter()
-    compile_counts: dict[str, int] = {}
-    initial: dict[str, Any] = {}
-    last_eval: dict[str, Any] = {}
-
-    def summary_now(last: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        train_seconds = time.perf_counter() - start
-        after = dynamo_counts()
-        return {
-            "steps": step,
-            "images": step * config.batch_size,
-            "train_seconds": train_seconds,
-            "img_per_s": step * config.batch_size / max(train_seconds, 1e-9),
-            "initial_val_l1": initial.get("val_l1"),
-            **{k: last.get(k) for k in ("val_l1", "val_psnr", "val_ssim")},
-            "device": str(run.device),
-            "precision": run.precision,
-            "channels_last": run.channels_last,
-            "compile": run.compile,
-            "preload": preload,
-            "graph_breaks": after["graph_breaks"] - counts_at_start["graph_breaks"],
-            "recompiles_after_warmup": (after["frames"] - compile_counts["frames"]) if compile_counts else 0,
-            "peak_mem_mib": _peak_mib(run),
-            **extra,
-        }
-
-    try:
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            written.append(out / "config.json")
-            written[-1].write_text(json.dumps(
-                config.to_dict() | {"resolved": {"device": str(run.device), "precision": run.precision,
-                                                 "channels_last": run.channels_last, "compile": run.compile,
-                                                 "preload": preload}}, indent=2) + "\n")
-            written.append(out / "metrics.csv")
-        writer = _MetricsWriter(out / "metrics.csv" if out else None)
-
-        initial, _ = evaluate(generator, val_pairs, run)
-        record0 = {"step": 0, "elapsed_s": 0.0, **initial}
-        writer.write(record0)
-        last_eval = record0
-        _emit(handlers, "on_eval", record0)
-
-        running = {k: torch.zeros((), device=run.device) for k in ("loss_d", "loss_g_gan", "loss_g_l1")}
-        since_log = 0
-        start = time.perf_counter()
-        log_start, log_step = start, 0
-        last_record: dict[str, Any] = record0
-        while True:
-            elapsed = time.perf_counter() - start
-            done_steps = config.steps is not None and step >= config.steps
-            done_time = config.seconds is not None and elapsed >= config.seconds
-            if done_steps or done_time:
-                break
-            progress = max(step / config.steps if config.steps else 0.0,
-                           elapsed / config.seconds if config.seconds else 0.0)
-            lr = config.lr * config.lr_factor(progress)
-            step_fn.set_lr(lr)
-            x, y = next(batches)
-            losses = step_fn(step_fn.prepare(x), step_fn.prepare(y))
-            for key, value in losses.items():
-                running[key] += value
-            step += 1
-            since_log += 1
-            if step == WARMUP_STEPS:
-                compile_counts = dynamo_counts()
-            final = (config.steps is not None and step >= config.steps)
-            evaluate_now = config.eval_every and step % config.eval_every == 0
-            if step % config.log_every == 0 or evaluate_now or final:
-                if run.device.type == "cuda":
-                    torch.cuda.synchronize(run.device)
-                now = time.perf_counter()
-                means = {k: float(v) / since_log for k, v in running.items()}  # the one host sync
-                if not all(math.isfinite(v) for v in means.values()):
-                    raise NonFiniteLossError(
-                        f"a loss became non-finite by step {step}: "
-                        + ", ".join(f"{k}={v:.4g}" for k, v in means.items())
-                    )
-                record = {
-                    "step": step, "elapsed_s": now - start,
-                    "img_per_s": (step - log_step) * config.batch_size / max(now - log_start, 1e-9),
-                    "lr": lr, **means,
-                }
-                for value in running.values():
-                    value.zero_()
-                since_log, log_start, log_step = 0, now, step
-                if evaluate_now:
-                    metrics, triple = evaluate(generator, val_pairs, run)
-                    record |= metrics
-                    last_eval = record
-                    if out is not None:
-                        save_samples(out / "samples" / f"step_{step}.png", triple, config.sample_count)
-                writer.write(record)
-                last_record = record
-                _emit(handlers, "on_log", record)
-                if evaluate_now:
-                    _emit(handlers, "on_eval", record)
-
-        if "val_l1" not in last_record or last_record["step"] != step:
-            metrics, triple = evaluate(generator, val_pairs, run)
-            record = {"step": step, "elapsed_s": time.perf_counter() - start, **metrics}
-            writer.write(record)
-            if out is not None:
-                save_samples(out / "samples" / f"step_{step}.png", triple, config.sample_count)
-            _emit(handlers, "on_eval", record)
-            last_record = last_record | record
-        summary = summary_now(last_record, interrupted=False)
-        if out is not None:
-            if config.save_checkpoints:
-                save_checkpoint(out / "netG.pth.tar", generator, step_fn.opt_g)
-                save_checkpoint(out / "netD.pth.tar", discriminator, step_fn.opt_d)
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    except KeyboardInterrupt:
-        if step == 0:
-            _remove_created(out, created, written)
-            raise TrainingInterrupted(out, 0, []) from None
-        summary = summary_now(last_eval, interrupted=True, val_step=last_eval.get("step"))
-        kept = _keep_interrupted(out, config, generator, discriminator, step_fn, summary)
-        raise TrainingInterrupted(out, step, kept) from None
-    except BaseException:
-        if step == 0:
-            _remove_created(out, created, written)
-        raise
-    _emit(handlers, "on_end", summary)
-    return summary
-
-
-def _check_out(out: Path | None) -> None:
-    """Refuse a run folder that cannot take a new run, saying what is in it."""
-    if out is None:
-        return
-    if out.exists() and not out.is_dir():
-        raise InvalidArgumentError(f"out={str(out)!r} exists and is not a folder")
-    if not (out / "metrics.csv").exists():
-        return
-    try:
-        previous = json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError):
-        previous = None
-    if not isinstance(previous, dict):
-        state = "no summary.json: still running, or stopped without one"
-    elif previous.get("interrupted"):
-        state = f"interrupted at step {previous.get('steps')}"
-    else:
-        state = f"finished after {previous.get('steps')} steps"
-    raise InvalidArgumentError(
-        f"out={str(out)!r} already holds a training run ({state}); training does not resume from a folder, "
-        "so choose a new folder"
+    return _Session(
+        config=config, run=run, handlers=handlers, out=out, generator=generator, discriminator=discriminator,
+        step_fn=Pix2PixStep(generator, discriminator, config, run), batches=_batches(train_set, config, run, preload),
+        val_pairs=val_pairs, preload=preload, counts_at_start=counts_at_start,
     )
 
 
-def _remove_created(out: Path | None, created: bool, written: list[Path]) -> None:
-    """Undo a run that failed before its first step: the folder if this run made it, else its files."""
-    if out is None:
-        return
-    if created:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for path in written:
-        path.unlink(missing_ok=True)
+def _train(session: _Session) -> dict[str, Any]:
+    """The run folder, the first evaluation, the steps, then the last evaluation, checkpoints and summary."""
+    out = session.out
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        session.written.append(out / "config.json")
+        write_run_config(out, session.config, session.run, session.preload)
+        session.written.append(out / "metrics.csv")
+        session.writer = MetricsWriter(out / "metrics.csv")
+    session.initial, _ = evaluate(session.generator, session.val_pairs, session.run)
+    first = {"step": 0, "elapsed_s": 0.0, **session.initial}
+    session.writer.write(first)
+    session.last_eval = first
+    _emit(session.handlers, "on_eval", first)
+    last_record = _run_steps(session, first)
+    return _finish(session, last_record)
 
 
-def _keep_interrupted(out: Path | None, config: TrainConfig, generator: torch.nn.Module,
-                      discriminator: torch.nn.Module, step_fn: Pix2PixStep, summary: dict[str, Any]) -> list[str]:
-    """After Ctrl-C: the checkpoints as they are and a summary marked interrupted; the names kept."""
-    if out is None:
-        return []
-    if config.save_checkpoints:
-        save_checkpoint(out / "netG.pth.tar", generator, step_fn.opt_g)
-        save_checkpoint(out / "netD.pth.tar", discriminator, step_fn.opt_d)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    names = ["netG.pth.tar", "netD.pth.tar", "summary.json", "metrics.csv", "samples", "config.json"]
-    return [name for name in names if (out / name).exists()]
+def _run_steps(session: _Session, last_record: dict[str, Any]) -> dict[str, Any]:
+    """Train until the budget is spent, logging every ``log_every`` steps and evaluating every
+    ``eval_every``; return the last record logged."""
+    config, run, step_fn = session.config, session.run, session.step_fn
+    running = {k: torch.zeros((), device=run.device) for k in ("loss_d", "loss_g_gan", "loss_g_l1")}
+    since_log = 0
+    session.start = time.perf_counter()
+    log_start, log_step = session.start, 0
+    while True:
+        elapsed = time.perf_counter() - session.start
+        done_steps = config.steps is not None and session.step >= config.steps
+        done_time = config.seconds is not None and elapsed >= config.seconds
+        if done_steps or done_time:
+            return last_record
+        progress = max(session.step / config.steps if config.steps else 0.0,
+                       elapsed / config.seconds if config.seconds else 0.0)
+        lr = config.lr * config.lr_factor(progress)
+        step_fn.set_lr(lr)
+        x, y = next(session.batches)
+        losses = step_fn(step_fn.prepare(x), step_fn.prepare(y))
+        for key, value in losses.items():
+            running[key] += value
+        session.step += 1
+        since_log += 1
+        step = session.step
+        if step == WARMUP_STEPS:
+            session.compile_counts = dynamo_counts()
+        final = config.steps is not None and step >= config.steps
+        evaluate_now = config.eval_every and step % config.eval_every == 0
+        if step % config.log_every == 0 or evaluate_now or final:
+            now, means = _mean_losses(running, since_log, run, step)
+            record = {
+                "step": step, "elapsed_s": now - session.start,
+                "img_per_s": (step - log_step) * config.batch_size / max(now - log_start, 1e-9),
+                "lr": lr, **means,
+            }
+            since_log, log_start, log_step = 0, now, step
+            if evaluate_now:
+                record |= _evaluate_and_sample(session)
+                session.last_eval = record
+            session.writer.write(record)
+            last_record = record
+            _emit(session.handlers, "on_log", record)
+            if evaluate_now:
+                _emit(session.handlers, "on_eval", record)
+
+
+def _mean_losses(running: dict[str, torch.Tensor], steps: int, run: Resolved,
+                 step: int) -> tuple[float, dict[str, float]]:
+    """The time now and the mean losses since the last log (the one host sync); the sums start again at 0.
+
+    Raises:
+        NonFiniteLossError: a mean is NaN or infinite.
+    """
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    now = time.perf_counter()
+    means = {k: float(v) / steps for k, v in running.items()}
+    if not all(math.isfinite(v) for v in means.values()):
+        raise NonFiniteLossError(
+            f"a loss became non-finite by step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in means.items())
+        )
+    for value in running.values():
+        value.zero_()
+    return now, means
+
+
+def _evaluate_and_sample(session: _Session) -> dict[str, Any]:
+    """The val metrics now, and (with a run folder) ``samples/step_N.png``."""
+    metrics, triple = evaluate(session.generator, session.val_pairs, session.run)
+    if session.out is not None:
+        save_samples(session.out / "samples" / f"step_{session.step}.png", triple, session.config.sample_count)
+    return metrics
+
+
+def _finish(session: _Session, last_record: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the final weights unless the last log just did; write the checkpoints and summary.json."""
+    if "val_l1" not in last_record or last_record["step"] != session.step:
+        metrics, triple = evaluate(session.generator, session.val_pairs, session.run)
+        record = {"step": session.step, "elapsed_s": time.perf_counter() - session.start, **metrics}
+        session.writer.write(record)
+        if session.out is not None:
+            save_samples(session.out / "samples" / f"step_{session.step}.png", triple, session.config.sample_count)
+        _emit(session.handlers, "on_eval", record)
+        last_record = last_record | record
+    summary = _summary(session, last_record, interrupted=False)
+    if session.out is not None:
+        save_run(session.out, session.config, session.generator, session.discriminator, session.step_fn, summary)
+    return summary
+
+
+def _summary(session: _Session, last: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What the run did: steps, images, throughput, the val metrics of ``last``, how it ran and its peak memory."""
+    run, step, batch_size = session.run, session.step, session.config.batch_size
+    train_seconds = time.perf_counter() - session.start
+    after = dynamo_counts()
+    compile_counts = session.compile_counts
+    return {
+        "steps": step,
+        "images": step * batch_size,
+        "train_seconds": train_seconds,
+        "img_per_s": step * batch_size / max(train_seconds, 1e-9),
+        "initial_val_l1": session.initial.get("val_l1"),
+        **{k: last.get(k) for k in ("val_l1", "val_psnr", "val_ssim")},
+        "device": str(run.device),
+        "precision": run.precision,
+        "channels_last": run.channels_last,
+        "compile": run.compile,
+        "preload": session.preload,
+        "graph_breaks": after["graph_breaks"] - session.counts_at_start["graph_breaks"],
+        "recompiles_after_warmup": (after["frames"] - compile_counts["frames"]) if compile_counts else 0,
+        "peak_mem_mib": _peak_mib(run),
+        **extra,
+    }
 
 
 def _peak_mib(run: Resolved) -> float:
