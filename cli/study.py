@@ -7,21 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import (
-    Account,
-    Address,
-    ArrayParallelism,
-    CpusPerTask,
-    Executor,
-    GpusPerTask,
-    MaxRetries,
-    MemGb,
-    Partition,
-    Quiet,
-    Sbatch,
-    TimeMin,
-    executor_settings,
-)
+from cli.options import EXECUTOR_FLAGS, Quiet, executor_settings, with_flags
 from cli.progress import ProgressBar, stderr
 from nectargan.errors import NectarGANError
 from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S
@@ -30,8 +16,11 @@ from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S
 StudyDetach = Annotated[bool, typer.Option(
     "--detach", help="Slurm: return once the worker jobs are submitted; follow the study with `nectargan-bench "
     "dashboard STORAGE` or `study-report`, stop its jobs with scancel.")]
+# A study's executor flags: a sweep's, without shards (a study's parts are its --workers).
+STUDY_EXECUTOR_FLAGS = {k: v for k, v in EXECUTOR_FLAGS.items() if k != "shards"} | {"detach": (StudyDetach, False)}
 
 
+@with_flags(where=STUDY_EXECUTOR_FLAGS)
 def study(
     config: Annotated[str, typer.Argument(help="Study TOML file, or a built-in config name (default, smoke).")],
     storage: Annotated[str, typer.Option(help="sqlite:///FILE.db, journal:FILE.log or postgresql://...")] = (
@@ -46,18 +35,7 @@ def study(
         HEARTBEAT_S
     ),
     quiet: Quiet = False,
-    executor: Executor = None,
-    address: Address = None,
-    partition: Partition = None,
-    account: Account = None,
-    time_min: TimeMin = None,
-    mem_gb: MemGb = None,
-    gpus_per_task: GpusPerTask = None,
-    cpus_per_task: CpusPerTask = None,
-    array_parallelism: ArrayParallelism = None,
-    sbatch: Sbatch = None,
-    max_retries: MaxRetries = None,
-    detach: StudyDetach = False,
+    where: dict | None = None,
 ) -> None:
     """Run (or resume) an Optuna study of short training trials; several workers share the storage.
 
@@ -70,10 +48,7 @@ def study(
     from studies.runner import StudyInterrupted, StudyRun, run_study
 
     loaded = load_study_config(config)
-    where = executor_settings(loaded.executor, loaded.source, executor, address=address, partition=partition,
-                              account=account, time_min=time_min, mem_gb=mem_gb, gpus_per_task=gpus_per_task,
-                              cpus_per_task=cpus_per_task, array_parallelism=array_parallelism, sbatch=sbatch,
-                              max_retries=max_retries, detach=detach or None)
+    executor = executor_settings(loaded.executor, loaded.source, **(where or {}))
     run = StudyRun(config_path=config, storage=storage, study_name=study_name, n_trials=n_trials,
                    timeout_s=timeout, workers=workers, out_root=str(out) if out else None, heartbeat_s=heartbeat)
     bar = ProgressBar("trials", quiet=quiet)
@@ -83,7 +58,7 @@ def study(
         bar.update(completed=state["finished"], status=f"best {state['best']}")
 
     try:
-        summary = run_study(run, on_progress=on_progress, executor=where)
+        summary = run_study(run, on_progress=on_progress, executor=executor)
     except StudyInterrupted as exc:
         bar.stop()
         stderr.print(exc.message, highlight=False, soft_wrap=True, markup=False)

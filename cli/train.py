@@ -20,6 +20,7 @@ from cli.options import (
     Quiet,
     Upconv,
     variant,
+    with_flags,
 )
 from cli.progress import ProgressBar, stderr
 from nectargan.data.samples import TASKS
@@ -49,6 +50,33 @@ def dataset(
                  + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False, soft_wrap=True)
 
 
+def _flag(kind: Any, text: str) -> tuple[Any, None]:
+    return Annotated[kind | None, typer.Option(help=text)], None
+
+
+# The training settings as flags (None: TrainConfig's default, shown in the help).
+TRAIN_FLAGS: dict[str, tuple[Any, Any]] = {
+    "steps": _flag(int, "Budget in steps."),
+    "seconds": _flag(float, "Budget in seconds (whichever ends first)."),
+    "batch_size": _flag(int, f"Images per step [default: {D.batch_size}]."),
+    "lr": _flag(float, f"Adam learning rate for G and D [default: {D.lr:g}]."),
+    "beta1": _flag(float, f"Adam beta1 [default: {D.beta1:g}]."),
+    "lambda_l1": _flag(float, f"Weight of the L1 term [default: {D.lambda_l1:g}]."),
+    "d_layers": _flag(int, f"PatchGAN n_layers (3: 34x34 patches, 4: 70x70) [default: {D.d_layers}]."),
+    "d_features": _flag(int, f"PatchGAN base channels [default: {D.d_features}]."),
+    "direction": _flag(str, f"AtoB (input = left half) or BtoA [default: {D.direction}]."),
+    "eval_every": _flag(int, f"Evaluate on val every N steps, 0: at the end only [default: {D.eval_every}]."),
+    "log_every": _flag(int, f"Read the losses every N steps [default: {D.log_every}]."),
+    "seed": _flag(int, f"Random seed [default: {D.seed}]."),
+    "device": _flag(str, "auto, cpu, cuda or cuda:N [default: auto]."),
+    "precision": _flag(PrecisionChoice, "auto: bf16 on a GPU that has it, else fp32 [default: auto]."),
+    "channels_last": _flag(bool, "channels_last memory format (default: on for CUDA)."),
+    "compile": _flag(bool, "torch.compile the step (default: on for CUDA)."),
+    "preload": _flag(bool, "Hold the data on the device (default: if it fits)."),
+}
+
+
+@with_flags(chosen=TRAIN_FLAGS)
 def train(
     data: Annotated[Path, typer.Option(help="pix2pix-format dataset folder (train/, val/).")],
     out: Annotated[Path, typer.Option(help="Run folder: metrics.csv, samples/, netG/netD.pth.tar.")],
@@ -62,36 +90,8 @@ def train(
     in_channels: InChannels = DEFAULT.in_channels,
     out_channels: OutChannels = None,
     use_dropout_layers: DropoutLayers = DEFAULT.use_dropout_layers,
-    steps: Annotated[int | None, typer.Option(help="Budget in steps.")] = None,
-    seconds: Annotated[float | None, typer.Option(help="Budget in seconds (whichever ends first).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help=f"Images per step [default: {D.batch_size}].")] = None,
-    lr: Annotated[float | None, typer.Option(help=f"Adam learning rate for G and D [default: {D.lr:g}].")] = None,
-    beta1: Annotated[float | None, typer.Option(help=f"Adam beta1 [default: {D.beta1:g}].")] = None,
-    lambda_l1: Annotated[float | None, typer.Option(help=f"Weight of the L1 term [default: {D.lambda_l1:g}].")] = None,
-    d_layers: Annotated[
-        int | None, typer.Option(help=f"PatchGAN n_layers (3: 34x34 patches, 4: 70x70) [default: {D.d_layers}].")
-    ] = None,
-    d_features: Annotated[int | None, typer.Option(help=f"PatchGAN base channels [default: {D.d_features}].")] = None,
-    direction: Annotated[
-        str | None, typer.Option(help=f"AtoB (input = left half) or BtoA [default: {D.direction}].")
-    ] = None,
-    eval_every: Annotated[
-        int | None, typer.Option(help=f"Evaluate on val every N steps, 0: at the end only [default: {D.eval_every}].")
-    ] = None,
-    log_every: Annotated[int | None, typer.Option(help=f"Read the losses every N steps [default: {D.log_every}].")] = (
-        None
-    ),
-    seed: Annotated[int | None, typer.Option(help=f"Random seed [default: {D.seed}].")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N [default: auto].")] = None,
-    precision: Annotated[
-        PrecisionChoice | None, typer.Option(help="auto: bf16 on a GPU that has it, else fp32 [default: auto].")
-    ] = None,
-    channels_last: Annotated[
-        bool | None, typer.Option(help="channels_last memory format (default: on for CUDA).")
-    ] = None,
-    compile: Annotated[bool | None, typer.Option(help="torch.compile the step (default: on for CUDA).")] = None,
-    preload: Annotated[bool | None, typer.Option(help="Hold the data on the device (default: if it fits).")] = None,
     quiet: Quiet = False,
+    chosen: dict | None = None,
 ) -> None:
     """Train a generator against a PatchGAN discriminator (pix2pix objective) and evaluate it.
 
@@ -101,25 +101,20 @@ def train(
     """
     from nectargan.train import fit
 
-    if steps is None and seconds is None:
+    chosen = dict(chosen or {})
+    if "steps" not in chosen and "seconds" not in chosen:
         raise NectarGANError("give a budget: --steps N and/or --seconds S")
     spec = variant(n_downs, features, block_type, upconv_type, input_size, in_channels, out_channels,
                    use_dropout_layers)
-    chosen: dict[str, Any] = {
-        "batch_size": batch_size, "steps": steps, "seconds": seconds, "lr": lr, "beta1": beta1,
-        "lambda_l1": lambda_l1, "d_layers": d_layers, "d_features": d_features, "direction": direction,
-        "eval_every": eval_every, "log_every": log_every, "seed": seed, "device": device,
-        "precision": precision.value if precision is not None else None,
-        "channels_last": channels_last, "compile": compile, "preload": preload,
-    }
-    config = TrainConfig(data=str(data), out=str(out), generator=spec.model_kwargs(),
-                         **{k: v for k, v in chosen.items() if v is not None})
+    if "precision" in chosen:
+        chosen["precision"] = chosen["precision"].value
+    config = TrainConfig(data=str(data), out=str(out), generator=spec.model_kwargs(), **chosen)
     progress = _TrainProgress(config, quiet)
     try:
         summary = fit(config, callbacks=[progress])
     except KeyboardInterrupt as exc:
         progress.bar.stop()
-        stderr.print(_interrupted(exc, out, steps), highlight=False, soft_wrap=True)
+        stderr.print(_interrupted(exc, out, chosen.get("steps")), highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     finally:
         progress.bar.stop()
