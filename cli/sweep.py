@@ -262,7 +262,7 @@ def _sweep_on_slurm(grid, directory: Path, options, where, resume: bool,
     try:
         result = slurm.sweep(grid, directory, options, where, resume=resume, command=INVOCATION.command,
                              on_start=lambda total, finished: bar.start(total) or bar.update(completed=finished),
-                             on_progress=lambda finished: bar.update(completed=finished, status="shards running"))
+                             on_progress=lambda finished, jobs: bar.update(completed=finished, status=jobs))
     except KeyboardInterrupt:
         bar.stop()
         stderr.print(f"Interrupted. The submitted jobs keep running; merge what they wrote with: nectargan-bench "

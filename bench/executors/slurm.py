@@ -125,10 +125,12 @@ def poll_s(config: ExecutorConfig) -> float:
 
 def run_calls(calls: list[Callable[[], Any]], config: ExecutorConfig, folder: Path, name: str, gpus: int,
               on_submit: Callable[[int, str], None] | None = None, on_poll: Callable[[], None] | None = None,
-              cancel_on_interrupt: bool = False) -> list[Outcome] | None:
+              cancel_on_interrupt: bool = False, retry_cancelled: bool = False) -> list[Outcome] | None:
     """Submit ``calls`` as one job array and wait for them, resubmitting failures (see the module
-    docstring); a job cancelled with ``scancel`` is not resubmitted. Returns one :class:`Outcome` per
-    call, or None when ``config.detach``. Ctrl-C leaves the jobs running unless ``cancel_on_interrupt``."""
+    docstring); a job cancelled with ``scancel`` is not resubmitted unless ``retry_cancelled`` (study
+    workers: the study owes its trials; stop it with Ctrl-C here, or scancel after a detach). Returns one
+    :class:`Outcome` per call, or None when ``config.detach``. Ctrl-C leaves the jobs running unless
+    ``cancel_on_interrupt``."""
     executor = make_executor(config, folder, name, gpus)
     wrapped = [_Requeueable(call) for call in calls]
     try:
@@ -155,7 +157,7 @@ def run_calls(calls: list[Callable[[], Any]], config: ExecutorConfig, folder: Pa
                 if error is None:
                     outcomes[i].result = job.result()
                     pending.discard(i)
-                elif attempts[i] <= config.max_retries and "CANCELLED" not in str(job.state):
+                elif attempts[i] <= config.max_retries and (retry_cancelled or "CANCELLED" not in str(job.state)):
                     jobs[i] = _local_results(executor.submit(wrapped[i]), config)
                     attempts[i] += 1
                     outcomes[i].job_ids.append(str(jobs[i].job_id))
@@ -214,6 +216,28 @@ def job_state(cluster: str, logs: Path, job_id: str) -> str:
     return state
 
 
+# sacct's states, as the progress line counts them
+STATE_WORDS = {"PENDING": "pending", "REQUEUED": "pending", "CONFIGURING": "pending", "RESIZING": "pending",
+               "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "suspended", "COMPLETED": "done",
+               "CANCELLED": "cancelled"}
+
+
+def jobs_line(cluster: str, logs: Path, job_ids: list[str]) -> str:
+    """``jobs: 2 running, 1 pending, 1 done``: the engine's states of ``job_ids`` (sacct's on Slurm, read
+    through submitit's shared, rate-limited poll, else squeue's: :func:`job_state`); a job whose result is
+    written is done."""
+    counts: dict[str, int] = {}
+    for job_id in job_ids:
+        if _job(cluster, logs, job_id).paths.result_pickle.exists():
+            state = "COMPLETED"
+        else:
+            state = job_state(cluster, logs, job_id).split()[0].upper()
+        word = STATE_WORDS.get(state, "unknown" if state == "UNKNOWN" else "failed")
+        counts[word] = counts.get(word, 0) + 1
+    order = ("running", "pending", "suspended", "done", "failed", "cancelled", "unknown")
+    return "jobs: " + ", ".join(f"{counts[w]} {w}" for w in order if w in counts)
+
+
 def _live(cluster: str, logs: Path, job_id: str) -> str | None:
     """The state of a job that has not ended (it may still write its shard), else None."""
     state = job_state(cluster, logs, job_id)
@@ -252,12 +276,13 @@ def _keys_plan(options: MeasureOptions | None):
 
 def sweep(grid: Grid, directory: Path, options: MeasureOptions | None, config: ExecutorConfig, resume: bool = False,
           command: str | None = None, on_start: Callable[[int, int], None] | None = None,
-          on_progress: Callable[[int], None] | None = None) -> ClusterSweep:
+          on_progress: Callable[[int, str], None] | None = None) -> ClusterSweep:
     """Run ``grid`` as a job array of shards into ``directory`` (see :mod:`bench.executors.jobs`).
 
     ``resume`` submits again only the shards that are not complete and whose last job has ended (a
     shard whose job is still pending or running is left to it); its measure options must be the run's.
-    ``on_start(total, finished)`` and ``on_progress(finished)`` count variants.
+    ``on_start(total, finished)`` and ``on_progress(finished, jobs)`` count variants; ``jobs`` is the
+    engine's states of the shards' current jobs (:func:`jobs_line`).
     """
     check_available(config)
     keys_plan = _keys_plan(options)  # checks the device before anything is written
@@ -302,7 +327,9 @@ def sweep(grid: Grid, directory: Path, options: MeasureOptions | None, config: E
 
             def on_poll() -> None:
                 if on_progress:
-                    on_progress(sum(s.finished for s in shard_states(grid, directory, count, keys_plan)))
+                    current = [state["jobs"][str(s.index)][-1] for s in todo]
+                    on_progress(sum(s.finished for s in shard_states(grid, directory, count, keys_plan)),
+                                jobs_line(config.cluster, directory / LOGS_DIR, current))
 
             try:
                 results = run_calls(calls, config, directory / LOGS_DIR, f"nectargan-{grid.name}", gpus, on_submit,
