@@ -117,6 +117,11 @@ render() {  # render SRC DEST MODE OWNER: the config with @HOST@ filled in, unle
     chown "$4" "$dest"
 }
 
+configs_current() {  # the running Slurm was started with the repository's configs
+    [ "$(sed "s/@HOST@/$HOST/g" tests/cluster/slurm.conf)" = "$(cat /etc/slurm/slurm.conf 2>/dev/null)" ] &&
+        [ "$(sed "s/@HOST@/$HOST/g" tests/cluster/slurmdbd.conf)" = "$(cat /etc/slurm/slurmdbd.conf 2>/dev/null)" ]
+}
+
 configure_slurm() {
     mkdir -p /etc/slurm /var/log/slurm /var/lib/slurm/slurmctld /var/lib/slurm/slurmd
     chown slurm:slurm /var/log/slurm /var/lib/slurm/slurmctld
@@ -221,7 +226,7 @@ case "${1:-}" in
     up)
         [ "$(id -u)" = 0 ] || fail "needs root to install and start Slurm (uid $(id -u))"
         mkdir -p "$STATE"
-        if slurm_up && ray_up; then status_line; exit 0; fi
+        if slurm_up && ray_up && configs_current; then status_line; exit 0; fi
         started=$SECONDS
         install_packages
         ensure_mariadb
