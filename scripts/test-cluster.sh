@@ -140,7 +140,7 @@ stop_pidfile() {  # stop_pidfile FILE: SIGTERM the daemon, SIGKILL after 10 s
     alive "$1" || return 0
     local pid; pid=$(cat "$1")
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
 }
 
@@ -200,15 +200,10 @@ start_ray() {
     wait_for 60 "Ray's second node" sh -c "[ \"\$('$0' ray-nodes)\" = 2 ]"
 }
 
-stop_ray_group() {  # stop_ray_group head|node2: SIGTERM the node's process group, SIGKILL after 10 s
-    local file=$STATE/ray-$1.pgid
+stop_ray_group() {  # stop_ray_group head|node2: SIGKILL the node's process group (a test cluster keeps no state;
+    local file=$STATE/ray-$1.pgid  # Ray's daemons take 10 s and more over SIGTERM); its workers exit with it
     [ -f "$file" ] || return 0
-    local pgid; pgid=$(cat "$file")
-    if kill -0 -- "-$pgid" 2>/dev/null; then
-        kill -- "-$pgid" 2>/dev/null || true
-        for _ in $(seq 20); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 0.5; done
-        kill -9 -- "-$pgid" 2>/dev/null || true
-    fi
+    kill -9 -- "-$(cat "$file")" 2>/dev/null || true
     rm -f "$file"
 }
 

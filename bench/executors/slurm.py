@@ -120,7 +120,12 @@ def _local_results(job: submitit.Job, config: ExecutorConfig) -> submitit.Job:
 
 
 def poll_s(config: ExecutorConfig) -> float:
-    return 1.0 if config.cluster == "local" else 10.0
+    """How often the driver looks for finished jobs: their result files (a stat each); sacct is asked only as
+    often as submitit's shared watcher allows (every 2 s at first, then less and less, at most every 10 min)."""
+    return 1.0 if config.cluster == "local" else 2.0
+
+
+JOBS_LINE_S = 10.0  # the progress line's job states: squeue is asked per job where sacct cannot tell
 
 
 def run_calls(calls: list[Callable[[], Any]], config: ExecutorConfig, folder: Path, name: str, gpus: int,
@@ -325,11 +330,15 @@ def sweep(grid: Grid, directory: Path, options: MeasureOptions | None, config: E
                 state["jobs"].setdefault(str(todo[i].index), []).append(job_id)
                 write_state(directory, state)
 
+            jobs_seen = [0.0, ""]  # when, what
+
             def on_poll() -> None:
                 if on_progress:
-                    current = [state["jobs"][str(s.index)][-1] for s in todo]
+                    if time.monotonic() - jobs_seen[0] >= JOBS_LINE_S:
+                        current = [state["jobs"][str(s.index)][-1] for s in todo]
+                        jobs_seen[:] = [time.monotonic(), jobs_line(config.cluster, directory / LOGS_DIR, current)]
                     on_progress(sum(s.finished for s in shard_states(grid, directory, count, keys_plan)),
-                                jobs_line(config.cluster, directory / LOGS_DIR, current))
+                                jobs_seen[1])
 
             try:
                 results = run_calls(calls, config, directory / LOGS_DIR, f"nectargan-{grid.name}", gpus, on_submit,
