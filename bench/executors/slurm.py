@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.slurm.slurm import SlurmInfoWatcher
 
 from bench.executors import LOGS_DIR, ExecutorConfig, ExecutorError, Outcome, check_gpus, last_line, remote_device
 from bench.executors.jobs import (
@@ -63,16 +65,27 @@ def check_available(config: ExecutorConfig, gpus: int = 0) -> None:
                             "[executor] cluster = \"local\" to run the jobs as processes here")
 
 
+def _sacct_reason() -> str | None:
+    """sacct's own last error line, from one quiet call (its lines are kept off the terminal while polling)."""
+    try:
+        probe = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
+    return lines[-1][:200] if probe.returncode != 0 and lines else None
+
+
 class SacctWarnings(logging.Filter):
     """submitit warns "Bypassing sacct error ..., status may be inaccurate" on every poll where ``sacct``
-    fails (accounting off): dozens of lines in the user's terminal. The first becomes one line of ours, the
-    rest are dropped."""
+    fails (accounting off): dozens of lines in the user's terminal. The first becomes one line of ours,
+    with sacct's own reason (``probe``), the rest are dropped."""
 
     MARK = "Bypassing sacct error"
 
-    def __init__(self) -> None:
+    def __init__(self, probe: Callable[[], str | None] = _sacct_reason) -> None:
         super().__init__()
         self.seen = 0
+        self.probe = probe
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -81,21 +94,57 @@ class SacctWarnings(logging.Filter):
         self.seen += 1
         if self.seen > 1:
             return False
-        error = message.split(self.MARK, 1)[1].split(", status may be inaccurate")[0].strip()
-        record.msg, record.args = (f"Slurm's sacct does not answer ({' '.join(error.split())[:200]}): job states "
-                                   "may be inaccurate until it does (said once)"), ()
+        error = " ".join(message.split(self.MARK, 1)[1].split(", status may be inaccurate")[0].split())
+        status = error.rpartition("returned ")[2].rstrip(".") if "returned " in error else error[:200]
+        record.msg, record.args = (f"Slurm's sacct does not answer ({self.probe() or status}): job states may be "
+                                   "inaccurate until it does (said once)"), ()
         return True
 
 
 SACCT_WARNINGS = SacctWarnings()
 
 
-def make_executor(config: ExecutorConfig, folder: Path, name: str, gpus: int) -> submitit.AutoExecutor:
-    """A submitit executor with the settings: one task per job, ``gpus`` GPUs, the time limit and the
-    Slurm-only options (partition, account, array parallelism, extra sbatch lines)."""
+class QuietSacct(SlurmInfoWatcher):
+    """submitit's shared sacct poll with sacct's own error lines kept off the terminal: while accounting is
+    off, sacct prints three of them on every poll. The failure still reaches :class:`SacctWarnings`."""
+
+    def _make_command(self) -> list[str] | None:
+        command = super()._make_command()
+        return None if command is None else ["sh", "-c", 'exec "$0" "$@" 2>/dev/null', *command]
+
+
+class _CurrentStderr:
+    """``sys.stderr`` as it is when written to: a progress bar on the terminal replaces it with a proxy that
+    prints lines above the bar (submitit's handler kept the stream of its import, and the bar drew over it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _quiet_submitit() -> None:
+    """Say submitit's troubles once and legibly: sacct's failures (above); each warning on stderr only
+    (submitit's logging config prints a warning on stdout too, so every one showed twice in a terminal),
+    above the progress bar rather than under it."""
     submitit_logger = logging.getLogger("submitit")
     if SACCT_WARNINGS not in submitit_logger.filters:
         submitit_logger.addFilter(SACCT_WARNINGS)
+    for handler in submitit_logger.handlers:
+        if handler.get_name() == "submitit_out" and not handler.filters:
+            handler.addFilter(lambda record: record.levelno < logging.WARNING)
+        if handler.get_name() == "submitit_err" and isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler.stream, _CurrentStderr):
+            handler.setStream(_CurrentStderr())
+    if not isinstance(submitit.SlurmJob.watcher, QuietSacct):
+        submitit.SlurmJob.watcher = QuietSacct(delay_s=600)  # submitit's own: one poll shared by every job
+
+
+def make_executor(config: ExecutorConfig, folder: Path, name: str, gpus: int) -> submitit.AutoExecutor:
+    """A submitit executor with the settings: one task per job, ``gpus`` GPUs, the time limit and the
+    Slurm-only options (partition, account, array parallelism, extra sbatch lines)."""
+    _quiet_submitit()
     executor = submitit.AutoExecutor(folder=str(folder), cluster=config.cluster)
     params: dict[str, Any] = {"name": name, "timeout_min": config.time_min, "nodes": 1, "tasks_per_node": 1,
                               "gpus_per_node": gpus}
