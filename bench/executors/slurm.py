@@ -136,7 +136,7 @@ def _quiet_submitit() -> None:
             handler.addFilter(lambda record: record.levelno < logging.WARNING)
         if handler.get_name() == "submitit_err" and isinstance(handler, logging.StreamHandler) and not isinstance(
                 handler.stream, _CurrentStderr):
-            handler.setStream(_CurrentStderr())
+            handler.stream = _CurrentStderr()  # not setStream: it flushes the old stream, which may be closed
     if not isinstance(submitit.SlurmJob.watcher, QuietSacct):
         submitit.SlurmJob.watcher = QuietSacct(delay_s=600)  # submitit's own: one poll shared by every job
 
@@ -238,6 +238,7 @@ LIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "R
 
 
 def _job(cluster: str, logs: Path, job_id: str) -> submitit.Job:
+    _quiet_submitit()  # collect reads states without an executor: the same quiet sacct poll
     job_class = submitit.LocalJob if cluster == "local" else submitit.SlurmJob
     return job_class(folder=logs, job_id=job_id)
 
