@@ -63,9 +63,11 @@ node_ready() {
     case "$state" in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac
 }
 
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+
 install_packages() {
     local missing=()
-    for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    for p in "${PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
     [ ${#missing[@]} -eq 0 ] && return 0
     command -v apt-get >/dev/null || fail "no apt-get here: install ${missing[*]} (Debian packages) another way"
     say "installing ${missing[*]}"
@@ -81,7 +83,7 @@ mariadb_up() { mariadb -u root -e 'SELECT 1' >/dev/null 2>&1; }
 
 ensure_mariadb() {
     mariadb_up && return 0
-    if ! dpkg -s mariadb-server >/dev/null 2>&1; then
+    if ! installed mariadb-server; then
         say "installing mariadb-server"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mariadb-server \
             >>"$STATE/apt.log" 2>&1 || fail "apt-get install mariadb-server failed (see $STATE/apt.log)"
