@@ -182,6 +182,12 @@ def _state_of(job_id: str) -> str:
     return states[-1] if states else ""
 
 
+def _completed(job_id: str) -> None:
+    """sacct says COMPLETED (a job whose result is written may still be completing for a moment)."""
+    _poll(lambda: _state_of(job_id) == "COMPLETED", f"job {job_id} COMPLETED in sacct (now {_state_of(job_id)})",
+          timeout=60, every=0.5)
+
+
 def _jobs(directory: Path) -> dict[str, list[str]]:
     return json.loads((directory / "executor.json").read_text())["jobs"]
 
@@ -225,8 +231,8 @@ def test_a_sweep_as_a_slurm_job_array_merges_to_the_local_rows(tmp_path, capsys,
     assert sorted(jobs) == ["1", "2"] and all(len(ids) == 1 for ids in jobs.values())
     array = {ids[0].split("_")[0] for ids in jobs.values()}
     assert len(array) == 1, "the shards were not one job array"
-    for ids in jobs.values():  # each array task ran through Slurm, as its accounting says
-        assert _state_of(ids[0]) == "COMPLETED"
+    for ids in jobs.values():  # each array task ran through Slurm, as its accounting says (once the job has
+        _completed(ids[0])      # ended: the command returns as soon as the results are written)
     for index in (1, 2):  # each array task wrote its own shard folder, as an ordinary run
         shard = cluster / "shards" / f"shard{index}of2"
         assert json.loads((shard / "env.json").read_text())["shard"] == f"{index}/2"
@@ -264,7 +270,7 @@ def test_detach_collect_while_running_cancel_and_resume_only_that_shard(tmp_path
     finally:
         os.kill(pid, signal.SIGCONT)  # Slurm sends SIGCONT and SIGTERM too; SIGKILL 2 s later
     _poll(lambda: _state_of(first).startswith("CANCELLED"), f"job {first} cancelled")
-    _poll(lambda: _state_of(second) == "COMPLETED", f"job {second} completed")
+    _completed(second)
     code, err = _run(["collect", run], capsys)
     assert code == 1, err
     unfinished = re.search(r"1 shard\(s\) unfinished \(shard 1: ([0-9])/6 variants, job (\S+) CANCELLED", err)
@@ -276,7 +282,7 @@ def test_detach_collect_while_running_cancel_and_resume_only_that_shard(tmp_path
     assert "12 variants in 2 Slurm shards (1 submitted), 12 finished; rows: 12 ok" in err
     jobs = _jobs(run)
     assert len(jobs["1"]) == 2 and jobs["2"] == [second]  # only the cancelled shard ran again
-    assert _state_of(jobs["1"][1]) == "COMPLETED"
+    _completed(jobs["1"][1])
     code, err = _run(["collect", run], capsys)
     assert code == 0 and "12 of 12 variants finished in 2 shards; rows: 12 ok" in err, err
     assert len(_rows(run)) == 12
@@ -313,7 +319,8 @@ def test_a_requeued_task_runs_again_and_a_cancelled_one_is_not_resubmitted(tmp_p
     assert "failed after 1 attempt(s)" in errors[0]  # cancelled: not submitted again
     assert "Bypassing" not in err and "sacct" not in err
     assert _jobs(run) == {"1": [requeued], "2": [cancelled]}  # neither was resubmitted by the driver
-    assert "REQUEUED" in _sacct(requeued, duplicates=True) and _state_of(requeued) == "COMPLETED"
+    _completed(requeued)
+    assert "REQUEUED" in _sacct(requeued, duplicates=True)  # its first run, then the one that completed
     shard1 = run / "shards" / "shard1of2"
     assert len(_rows(shard1)) == 6  # the requeued run resumed its shard: each row once
     assert len(json.loads((shard1 / "env.json").read_text()).get("resumes", [])) == 1
