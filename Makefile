@@ -28,6 +28,9 @@ test: setup
 	@.venv/bin/ruff check nectargan bench studies cli tests
 	@.venv/bin/python -m pytest -m "not cluster" --durations=15
 
-# The cluster tier: sweeps and studies run as jobs through submitit and Ray (.ci/run runs it after `make test`).
+# The cluster tier (.ci/run runs it after `make test`): sweeps and studies as jobs on a real single-node Slurm
+# (with slurmdbd, so sacct answers) and a real two-node Ray cluster, both on this machine. The tests' session
+# fixture runs scripts/test-cluster.sh up (installs the Debian packages on first use, as root) and, when it
+# started them, down at the end; where they cannot start, the tests are skipped with the script's one line.
 test-cluster: setup
 	@.venv/bin/python -m pytest -m cluster --durations=10

@@ -139,7 +139,7 @@ class SweepProgress:
     folder: Callable[[Path], None] | None = None  # the run folder, once chosen (before anything runs)
     start: Callable[[int, int], None] | None = None  # (variants in all, variants finished already)
     variant: Callable[[VariantSpec, list[AnyRow]], None] | None = None  # a variant's rows, as it finishes
-    finished: Callable[[int], None] | None = None  # variants finished so far (Slurm, polled)
+    finished: Callable[[int, str], None] | None = None  # Slurm, polled: variants finished, the engine's job states
 
 
 def default_out_dir(grid: Grid, shard_spec: tuple[int, int] | None = None) -> Path:

@@ -126,7 +126,7 @@ def sweep(
     progress = SweepProgress(folder=folder.append,
                              start=lambda total, finished: bar.start(total) or bar.update(completed=finished),
                              variant=lambda spec, rows: bar.update(advance=1, status=f"{spec.name} [{_worst(rows)}]"),
-                             finished=lambda n: bar.update(completed=n, status="shards running"))
+                             finished=lambda n, jobs: bar.update(completed=n, status=jobs))
     try:
         with sigterm_as_interrupt():
             result = run_sweep(loaded, None if static_only else options, executor, out=out, resume=resume,

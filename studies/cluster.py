@@ -76,13 +76,16 @@ def gpus_per_worker(config: StudyConfig, executor: ExecutorConfig) -> int:
 
 def run_workers(run: StudyRun, config: StudyConfig, executor: ExecutorConfig, shares: list[int | None],
                 progress: Callable[[], None]) -> list[Outcome] | None:
-    """Start one worker per non-empty share on the executor and wait for them (None: detached)."""
+    """Start one worker per non-empty share on the executor and wait for them (None: detached). A Slurm
+    worker job that is cancelled while this waits is submitted again, as a failed one is: the study owes its
+    trials, and the restarted worker fails its lost trial and runs only what it still owes. To stop the
+    workers, interrupt this command (it cancels them), or scancel them after a detach."""
     calls = [StudyWorker(run, i, share, os.getcwd()) for i, share in enumerate(shares) if share != 0]
     module = engine(executor.kind)
     gpus = gpus_per_worker(config, executor)
     if executor.kind == "slurm":  # Ctrl-C cancels the workers, so that the same command can continue the study
         return module.run_calls(calls, executor, Path(run.out(config)) / LOGS_DIR, f"nectargan-{run.name(config)}",
-                                gpus, on_poll=progress, cancel_on_interrupt=True)
+                                gpus, on_poll=progress, cancel_on_interrupt=True, retry_cancelled=True)
     return module.run_calls(calls, executor, gpus, on_poll=progress)
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.slurm.slurm import SlurmInfoWatcher
 
 from bench.executors import LOGS_DIR, ExecutorConfig, ExecutorError, Outcome, check_gpus, last_line, remote_device
 from bench.executors.jobs import (
@@ -64,16 +66,27 @@ def check_available(config: ExecutorConfig, gpus: int = 0) -> None:
                             "[executor] cluster = \"local\" to run the jobs as processes here")
 
 
+def _sacct_reason() -> str | None:
+    """sacct's own last error line, from one quiet call (its lines are kept off the terminal while polling)."""
+    try:
+        probe = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
+    return lines[-1][:200] if probe.returncode != 0 and lines else None
+
+
 class SacctWarnings(logging.Filter):
     """submitit warns "Bypassing sacct error ..., status may be inaccurate" on every poll where ``sacct``
-    fails (accounting off): dozens of lines in the user's terminal. The first becomes one line of ours, the
-    rest are dropped."""
+    fails (accounting off): dozens of lines in the user's terminal. The first becomes one line of ours,
+    with sacct's own reason (``probe``), the rest are dropped."""
 
     MARK = "Bypassing sacct error"
 
-    def __init__(self) -> None:
+    def __init__(self, probe: Callable[[], str | None] = _sacct_reason) -> None:
         super().__init__()
         self.seen = 0
+        self.probe = probe
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -82,21 +95,57 @@ class SacctWarnings(logging.Filter):
         self.seen += 1
         if self.seen > 1:
             return False
-        error = message.split(self.MARK, 1)[1].split(", status may be inaccurate")[0].strip()
-        record.msg, record.args = (f"Slurm's sacct does not answer ({' '.join(error.split())[:200]}): job states "
-                                   "may be inaccurate until it does (said once)"), ()
+        error = " ".join(message.split(self.MARK, 1)[1].split(", status may be inaccurate")[0].split())
+        status = error.rpartition("returned ")[2].rstrip(".") if "returned " in error else error[:200]
+        record.msg, record.args = (f"Slurm's sacct does not answer ({self.probe() or status}): job states may be "
+                                   "inaccurate until it does (said once)"), ()
         return True
 
 
 SACCT_WARNINGS = SacctWarnings()
 
 
-def make_executor(config: ExecutorConfig, folder: Path, name: str, gpus: int) -> submitit.AutoExecutor:
-    """A submitit executor with the settings: one task per job, ``gpus`` GPUs, the time limit and the
-    Slurm-only options (partition, account, array parallelism, extra sbatch lines)."""
+class QuietSacct(SlurmInfoWatcher):
+    """submitit's shared sacct poll with sacct's own error lines kept off the terminal: while accounting is
+    off, sacct prints three of them on every poll. The failure still reaches :class:`SacctWarnings`."""
+
+    def _make_command(self) -> list[str] | None:
+        command = super()._make_command()
+        return None if command is None else ["sh", "-c", 'exec "$0" "$@" 2>/dev/null', *command]
+
+
+class _CurrentStderr:
+    """``sys.stderr`` as it is when written to: a progress bar on the terminal replaces it with a proxy that
+    prints lines above the bar (submitit's handler kept the stream of its import, and the bar drew over it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _quiet_submitit() -> None:
+    """Say submitit's troubles once and legibly: sacct's failures (above); each warning on stderr only
+    (submitit's logging config prints a warning on stdout too, so every one showed twice in a terminal),
+    above the progress bar rather than under it."""
     submitit_logger = logging.getLogger("submitit")
     if SACCT_WARNINGS not in submitit_logger.filters:
         submitit_logger.addFilter(SACCT_WARNINGS)
+    for handler in submitit_logger.handlers:
+        if handler.get_name() == "submitit_out" and not handler.filters:
+            handler.addFilter(lambda record: record.levelno < logging.WARNING)
+        if handler.get_name() == "submitit_err" and isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler.stream, _CurrentStderr):
+            handler.stream = _CurrentStderr()  # not setStream: it flushes the old stream, which may be closed
+    if not isinstance(submitit.SlurmJob.watcher, QuietSacct):
+        submitit.SlurmJob.watcher = QuietSacct(delay_s=600)  # submitit's own: one poll shared by every job
+
+
+def make_executor(config: ExecutorConfig, folder: Path, name: str, gpus: int) -> submitit.AutoExecutor:
+    """A submitit executor with the settings: one task per job, ``gpus`` GPUs, the time limit and the
+    Slurm-only options (partition, account, array parallelism, extra sbatch lines)."""
+    _quiet_submitit()
     executor = submitit.AutoExecutor(folder=str(folder), cluster=config.cluster)
     params: dict[str, Any] = {"name": name, "timeout_min": config.time_min, "nodes": 1, "tasks_per_node": 1,
                               "gpus_per_node": gpus}
@@ -121,15 +170,22 @@ def _local_results(job: submitit.Job, config: ExecutorConfig) -> submitit.Job:
 
 
 def poll_s(config: ExecutorConfig) -> float:
-    return 1.0 if config.cluster == "local" else 10.0
+    """How often the driver looks for finished jobs: their result files (a stat each); sacct is asked only as
+    often as submitit's shared watcher allows (every 2 s at first, then less and less, at most every 10 min)."""
+    return 1.0 if config.cluster == "local" else 2.0
+
+
+JOBS_LINE_S = 10.0  # the progress line's job states: squeue is asked per job where sacct cannot tell
 
 
 def run_calls(calls: list[Callable[[], Any]], config: ExecutorConfig, folder: Path, name: str, gpus: int,
               on_submit: Callable[[int, str], None] | None = None, on_poll: Callable[[], None] | None = None,
-              cancel_on_interrupt: bool = False) -> list[Outcome] | None:
+              cancel_on_interrupt: bool = False, retry_cancelled: bool = False) -> list[Outcome] | None:
     """Submit ``calls`` as one job array and wait for them, resubmitting failures (see the module
-    docstring); a job cancelled with ``scancel`` is not resubmitted. Returns one :class:`Outcome` per
-    call, or None when ``config.detach``. Ctrl-C leaves the jobs running unless ``cancel_on_interrupt``."""
+    docstring); a job cancelled with ``scancel`` is not resubmitted unless ``retry_cancelled`` (study
+    workers: the study owes its trials; stop it with Ctrl-C here, or scancel after a detach). Returns one
+    :class:`Outcome` per call, or None when ``config.detach``. Ctrl-C leaves the jobs running unless
+    ``cancel_on_interrupt``."""
     executor = make_executor(config, folder, name, gpus)
     wrapped = [_Requeueable(call) for call in calls]
     try:
@@ -156,7 +212,7 @@ def run_calls(calls: list[Callable[[], Any]], config: ExecutorConfig, folder: Pa
                 if error is None:
                     outcomes[i].result = job.result()
                     pending.discard(i)
-                elif attempts[i] <= config.max_retries and "CANCELLED" not in str(job.state):
+                elif attempts[i] <= config.max_retries and (retry_cancelled or "CANCELLED" not in str(job.state)):
                     jobs[i] = _local_results(executor.submit(wrapped[i]), config)
                     attempts[i] += 1
                     outcomes[i].job_ids.append(str(jobs[i].job_id))
@@ -183,6 +239,7 @@ LIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "R
 
 
 def _job(cluster: str, logs: Path, job_id: str) -> submitit.Job:
+    _quiet_submitit()  # collect reads states without an executor: the same quiet sacct poll
     job_class = submitit.LocalJob if cluster == "local" else submitit.SlurmJob
     return job_class(folder=logs, job_id=job_id)
 
@@ -213,6 +270,28 @@ def job_state(cluster: str, logs: Path, job_id: str) -> str:
         if listed is not None:
             return f"{listed} (squeue)"
     return state
+
+
+# sacct's states, as the progress line counts them
+STATE_WORDS = {"PENDING": "pending", "REQUEUED": "pending", "CONFIGURING": "pending", "RESIZING": "pending",
+               "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "suspended", "COMPLETED": "done",
+               "CANCELLED": "cancelled"}
+
+
+def jobs_line(cluster: str, logs: Path, job_ids: list[str]) -> str:
+    """``jobs: 2 running, 1 pending, 1 done``: the engine's states of ``job_ids`` (sacct's on Slurm, read
+    through submitit's shared, rate-limited poll, else squeue's: :func:`job_state`); a job whose result is
+    written is done."""
+    counts: dict[str, int] = {}
+    for job_id in job_ids:
+        if _job(cluster, logs, job_id).paths.result_pickle.exists():
+            state = "COMPLETED"
+        else:
+            state = job_state(cluster, logs, job_id).split()[0].upper()
+        word = STATE_WORDS.get(state, "unknown" if state == "UNKNOWN" else "failed")
+        counts[word] = counts.get(word, 0) + 1
+    order = ("running", "pending", "suspended", "done", "failed", "cancelled", "unknown")
+    return "jobs: " + ", ".join(f"{counts[w]} {w}" for w in order if w in counts)
 
 
 def _live(cluster: str, logs: Path, job_id: str) -> str | None:
@@ -257,6 +336,8 @@ def sweep(grid: Grid, directory: Path, options: MeasureOptions | None, config: E
 
     ``resume`` submits again only the shards that are not complete and whose last job has ended (a
     shard whose job is still pending or running is left to it); its measure options must be the run's.
+    ``progress.finished(variants, jobs)`` is called as it polls; ``jobs`` is the engine's states of the
+    shards' current jobs (:func:`jobs_line`).
     """
     check_available(config)
     keys_plan = _keys_plan(options)  # checks the device before anything is written
@@ -284,9 +365,18 @@ def sweep(grid: Grid, directory: Path, options: MeasureOptions | None, config: E
                              detached=config.detach)
         result.failures = [f"shard {k}/{count}: job {state['jobs'][str(k)][-1]} is still {live}; not submitted "
                            "again (collect when it ends)" for k, live in running.items()]
+        jobs_seen = [0.0, ""]  # when, what
+
+        def on_poll() -> None:
+            if progress.finished:
+                if time.monotonic() - jobs_seen[0] >= JOBS_LINE_S:
+                    current = [state["jobs"][str(s.index)][-1] for s in todo]
+                    jobs_seen[:] = [time.monotonic(), jobs_line(config.cluster, directory / LOGS_DIR, current)]
+                progress.finished(sum(s.finished for s in shard_states(grid, directory, count, keys_plan)),
+                                  str(jobs_seen[1]))
+
         if todo and not _submit(grid, directory, options, config, command, todo, count, state, gpus, fresh, result,
-                                lambda: progress.finished and progress.finished(
-                                    sum(s.finished for s in shard_states(grid, directory, count, keys_plan)))):
+                                on_poll):
             return result  # detached
         result.shards = shard_states(grid, directory, count, keys_plan)
         result.written = merge_shards(directory, result.shards, {"executor": config.describe(), "jobs": state["jobs"]})
