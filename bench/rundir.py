@@ -97,11 +97,14 @@ def check_folder(directory: Path, resume: bool, on_slurm: bool) -> None:
 
 def check_fresh(directory: Path, resume: bool, on_slurm: bool) -> None:
     """Under the lock: a new run (not ``resume``) starts in a folder that holds no run yet."""
-    sent = (directory / CLUSTER_STATE).is_file()
-    if not resume and (sent or JsonlStore(directory).exists() or
-                       (on_slurm and directory.is_dir() and any(p.name != LOCK_FILE for p in directory.iterdir()))):
+    if resume:
+        return
+    if (directory / CLUSTER_STATE).is_file() or JsonlStore(directory).exists():
         raise NectarGANError(f"{directory} already holds results; resume that run (--resume) or choose another "
                              "output folder")
+    if on_slurm and directory.is_dir() and any(p.name != LOCK_FILE for p in directory.iterdir()):
+        raise NectarGANError(f"{directory} is not empty; resume that run (--resume) or choose another output folder "
+                             "(a sweep sent to Slurm starts in an empty one: its shards go below it)")
 
 
 def check_same_run(directory: Path, started: StartedRun, grid: Grid, shard: str | None,

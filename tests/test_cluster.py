@@ -241,7 +241,7 @@ def test_a_sweep_as_a_slurm_job_array_merges_to_the_local_rows(tmp_path, capsys,
     before = (cluster / "results.jsonl").read_bytes()
     slurm = ["sweep", grid, *SLURM, "--out", cluster]
     line = _one_error_line(*_run([*slurm, "--static-only"], capsys))
-    assert "is not empty; resume that run (--resume)" in line
+    assert "already holds results; resume that run (--resume)" in line
     line = _one_error_line(*_run(["sweep", grid, "--static-only", "--out", cluster, "--resume"], capsys))
     assert "is a sweep sent to Slurm (it holds executor.json): resume it with --executor slurm" in line
     line = _one_error_line(*_run([*slurm, "--resume", "--launcher", "inline"], capsys))
