@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from nectargan.data.floor import Floor, trivial_floor
 from nectargan.models import load_generator
 from studies.config import OBJECTIVES, StudyConfigError, parse_study_config
 from studies.objective import constraint_values
@@ -148,12 +149,19 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
     assert "## Pareto front" in text and "| 0 (baseline) | UnetBlock-Transposed-d4-f64-64px" in text
     assert "| 1.00x " in text and " M " in text and "| +0.00 " in text  # rounded: speed-up, params in M, dB
     assert "Baseline (NectarGAN's default generator at this size, trial 0)" in text
-    assert "Best quality: `UnetBlock-Transposed-d3-f" in text and "than the baseline at" in text
-    assert "speed timed interleaved with the baseline's)" in text  # which speed-up the answer uses
     assert "The speed-up is the one the answer and the front plot use" in text
     assert "The time budget ended every complete trial (3)" in text
     assert "Device: cpu: " in text and "1-minute load average when timed" in text
     assert study.user_attrs["env"]["cpu_count"] >= 1 and study.user_attrs["budget"] == {"steps": None, "seconds": 1}
+    floor = Floor.from_dict(study.user_attrs["floor"])  # recorded by the driver, from the study's dataset
+    assert floor == trivial_floor(sample_dataset, 64)
+    best = max(study.trials[1:], key=lambda t: t.user_attrs["val_psnr"])
+    untrained = not floor.learned(baseline.user_attrs["val_psnr"]) and not floor.learned(best.user_attrs["val_psnr"])
+    assert ("ranks untrained generators and names no winner" in text) == untrained  # 1 s of training: untrained
+    if not untrained:
+        assert "Best quality: `UnetBlock-Transposed-d3-f" in text and "than the baseline at" in text
+    assert "## Floor" in text and f"| mean target | {floor.mean_psnr:.2f} " in text
+    assert " of 3 complete trials did not learn (did not beat the better trivial predictor" in text
     with open(report / "trials.csv", newline="") as handle:
         header = next(csv.reader(handle))
     assert len(header) == len(set(header)) and "value_val_psnr" in header and "val_psnr" in header
@@ -633,6 +641,60 @@ def test_report_columns_importances_and_budget_warning(tmp_path):
     assert "| lr " in importances and "| n_downs " not in importances  # n_downs never varied
     assert "Left out (never varied): n_downs" in importances
     assert "were compared under a step budget" in text and "(10 to 160 img/s, 16.0x)" in text
+
+
+FLOOR = Floor(mean_psnr=14.0, mean_ssim=0.37, copy_psnr=4.0, copy_ssim=0.18, copy_note=None, size=64, val_images=20,
+              train_images=160)
+
+
+def _psnr_study(storage: str, name: str, psnrs: list[float], floor: Floor | None = FLOOR) -> optuna.Study:
+    """Trial 0 the baseline, then searched trials, at these val PSNRs; the study's floor as the driver records it."""
+    trials = []
+    for i, psnr in enumerate(psnrs):
+        attrs = {"val_psnr": psnr, "val_ssim": 0.2, "infer_img_per_s": 100.0 * (i + 1), "images": 400,
+                 "infer_speedup_vs_baseline": float(i + 1),
+                 "budget_bound": "seconds", "variant": f"v{i}", **({"baseline": True} if i == 0 else {})}
+        trials.append({"params": {"lr": 1e-4 * (i + 1)}, "values": [psnr, attrs["infer_img_per_s"]], "attrs": attrs})
+    study = _synthetic(storage, name, ["val_psnr", "infer_img_per_s"], trials, budget={"steps": None, "seconds": 4})
+    if floor is not None:
+        study.set_user_attr("floor", floor.to_dict())
+    return study
+
+
+def test_trials_below_the_floor_are_marked_and_counted_and_no_winner_is_named(tmp_path):
+    """Mean target 14 dB: a trial learned at 15 dB and above. Baseline 12.7, best 14.9: nothing learned."""
+    storage = f"sqlite:///{tmp_path}/floor.db"
+    _psnr_study(storage, "untrained", [12.7, 13.5, 14.9])
+    write_study_report(storage, "untrained", tmp_path / "u")
+    text = (tmp_path / "u" / "report.md").read_text()
+    answer = text.split("## Answer", 1)[1].split("##", 1)[0]
+    assert ("3 of 3 complete trials did not learn (did not beat the better trivial predictor, the mean target at "
+            "14.00 dB, by 1 dB): trials 0, 1, 2.") in answer
+    assert "ranks untrained generators and names no winner" in answer
+    assert "Best quality:" not in answer and "On the front" not in answer
+    floor_section = text.split("## Floor", 1)[1].split("##", 1)[0]
+    assert "| copy input  | 4.00 " in floor_section and "| mean target | 14.00 " in floor_section
+    assert "0 of 3 complete trials did, 3 did not" in floor_section
+    assert "| v2        | 14.90      | +2.20            | +0.90           | no  " in text  # the front's row
+    with open(tmp_path / "u" / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["learned"] for r in rows] == ["False"] * 3 and float(rows[2]["db_over_floor"]) == pytest.approx(0.9)
+
+    _psnr_study(storage, "one-learned", [12.7, 13.5, 15.5])  # 1.5 dB over the floor: it learned; the baseline not
+    write_study_report(storage, "one-learned", tmp_path / "l")
+    text = (tmp_path / "l" / "report.md").read_text()
+    assert "2 of 3 complete trials did not learn" in text and "trials 0, 1." in text
+    assert "Best quality: `v2` (trial 2) is 3.0x faster than the baseline at 2.8 dB higher PSNR" in text
+    assert "speed timed interleaved with the baseline's)" in text  # which speed-up the answer uses
+    assert "The baseline did not learn" in text
+    assert "trial 2 still has a lower SSIM than a trivial predictor's (0.370)" in text  # 0.2: a hint, still learned
+    assert "| v2        | 15.50      | +2.80            | +1.50           | yes " in text
+
+    _psnr_study(storage, "old", [12.7, 15.5], floor=None)  # predates the floor, its dataset unknown
+    write_study_report(storage, "old", tmp_path / "o")
+    text = (tmp_path / "o" / "report.md").read_text()
+    assert "The floor was not recorded (the study predates it) and its dataset was not found" in text
+    assert "Best quality: `v1` (trial 1)" in text
 
 
 @pytest.mark.parametrize(("change", "message"), [
