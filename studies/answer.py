@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nectargan.data.floor import LEARN_MARGIN_DB, Floor
-from studies.baseline import is_baseline
+from studies.baseline import is_baseline, is_reference, repeat_of
 from studies.floor import floor_of
 
 TOLERANCE_DB = 0.5  # "as good as the baseline" for the fastest-trial question
@@ -48,6 +48,8 @@ class Answer:
     floor_source: str = ""
     not_learned: list[FrozenTrial] = field(default_factory=list)  # complete trials below the floor + margin
     untrained: bool = False  # the baseline and the best trial did not learn: no winner is named
+    baseline_runs: list[FrozenTrial] = field(default_factory=list)  # the baseline and its complete repeats
+    spread_db: float | None = None  # their PSNR's max - min: "better than the baseline" needs more than it
 
 
 def number(trial: FrozenTrial, key: str) -> float | None:
@@ -113,8 +115,14 @@ def analyse(study: optuna.Study) -> Answer:
     answer = Answer(baseline=baseline, complete=complete, front=front_of(study, complete))
     answer.floor, answer.floor_source = floor_of(study)
     answer.not_learned = [t for t in complete if learned(t, answer.floor) is False]
+    if baseline is not None and number(baseline, "val_psnr") is not None:
+        answer.baseline_runs = [baseline] + [t for t in complete
+                                             if repeat_of(t) is not None and number(t, "val_psnr") is not None]
+        if len(answer.baseline_runs) > 1:
+            psnrs = [number(t, "val_psnr") or 0.0 for t in answer.baseline_runs]
+            answer.spread_db = max(psnrs) - min(psnrs)
     _budget(study, answer)
-    searched = [t for t in complete if not is_baseline(t) and _feasible(t) and number(t, "val_psnr") is not None]
+    searched = [t for t in complete if not is_reference(t) and _feasible(t) and number(t, "val_psnr") is not None]
     if baseline is None:
         reason = study.user_attrs.get("baseline")
         answer.sentences.append(
@@ -133,6 +141,7 @@ def analyse(study: optuna.Study) -> Answer:
         f"{baseline.user_attrs.get('images', '?')} images{_learn_note(baseline, answer.floor)}."
     )
     answer.sentences += _floor_sentences(answer)
+    answer.sentences.append(_seeds_sentence(study, answer))
     if not searched or base_psnr is None:
         answer.sentences.append("No searched trial completed, so there is nothing to compare yet.")
         return answer
@@ -150,25 +159,27 @@ def analyse(study: optuna.Study) -> Answer:
             "check the data) before reading the front."
         )
         return answer
-    answer.sentences.append(f"Best quality: {_compare(best, baseline, answer.floor)}")
+    answer.sentences.append(f"Best quality: {_compare(best, answer)}")
     if answer.fastest_close is None:
         answer.sentences.append(f"No searched trial comes within {TOLERANCE_DB} dB of the baseline's PSNR or above it.")
     elif answer.fastest_close.number != best.number:
         answer.sentences.append(f"Fastest trial no more than {TOLERANCE_DB} dB below the baseline's PSNR: "
-                                f"{_compare(answer.fastest_close, baseline, answer.floor)}")
+                                f"{_compare(answer.fastest_close, answer)}")
     else:
         answer.sentences.append(f"It is also the fastest trial no more than {TOLERANCE_DB} dB below the baseline.")
     if learned(baseline, answer.floor) is False:
         answer.sentences.append("The baseline did not learn, so being better than it says little: the floor is "
                                 "the comparison that counts.")
     # a trial that did not learn counts for neither goal (beating an untrained generator proves nothing)
-    front = [t for t in answer.front if not is_baseline(t) and learned(t, answer.floor) is not False]
-    answer.goal_quality = any((number(t, "val_psnr") or -math.inf) > base_psnr for t in front)
+    front = [t for t in answer.front if not is_reference(t) and learned(t, answer.floor) is not False]
+    beyond = answer.spread_db or 0.0  # higher only counts beyond the baseline's own noise between seeds
+    answer.goal_quality = any((number(t, "val_psnr") or -math.inf) > base_psnr + beyond for t in front)
     answer.goal_speed = any((number(t, "val_psnr") or -math.inf) >= base_psnr - TOLERANCE_DB
                             and (speedup(t, baseline) or 0.0) >= GOAL_SPEEDUP for t in front)
     learned_only = " that learned" if answer.floor is not None else ""
     answer.sentences.append(
-        f"On the front{learned_only}: a trial with higher PSNR than the baseline: "
+        f"On the front{learned_only}: a trial with higher PSNR than the baseline"
+        f"{f' by more than its seed spread ({answer.spread_db:.2f} dB)' if answer.spread_db is not None else ''}: "
         f"{'yes' if answer.goal_quality else 'no'}; one at least {GOAL_SPEEDUP:g}x faster within {TOLERANCE_DB} dB "
         f"of it: {'yes' if answer.goal_speed else 'no'}."
     )
@@ -201,7 +212,24 @@ def _floor_sentences(answer: Answer) -> list[str]:
     return sentences
 
 
-def _compare(trial: FrozenTrial, baseline: FrozenTrial, floor: Floor | None = None) -> str:
+def _seeds_sentence(study: optuna.Study, answer: Answer) -> str:
+    """The baseline's PSNR over its seeds (trial 0 and its repeats), or why its noise is not known."""
+    runs = answer.baseline_runs
+    planned = 1 + len({k for t in study.get_trials(deepcopy=False) if (k := repeat_of(t)) is not None})
+    if answer.spread_db is None:
+        if planned == 1:
+            return ("The baseline ran with one seed, so PSNR's noise between seeds is not measured "
+                    "([study].baseline_seeds).")
+        return (f"Only {len(runs)} of the baseline's {planned} seed runs completed, so PSNR's noise between seeds "
+                "is not known yet.")
+    psnrs = [number(t, "val_psnr") or 0.0 for t in runs]
+    return (f"Trained with {len(runs)} seeds (trials {', '.join(str(t.number) for t in runs)}), the baseline "
+            f"reaches {min(psnrs):.2f} to {max(psnrs):.2f} dB PSNR, a spread of {answer.spread_db:.2f} dB: a trial "
+            "is better than the baseline only by more than that.")
+
+
+def _compare(trial: FrozenTrial, answer: Answer) -> str:
+    baseline, floor, spread = answer.baseline, answer.floor, answer.spread_db
     d = deltas(trial, baseline)
     d_psnr, ratio = d["d_psnr_db"], d["speedup"]
     if d_psnr is None:
@@ -210,6 +238,9 @@ def _compare(trial: FrozenTrial, baseline: FrozenTrial, floor: Floor | None = No
         quality = "the same PSNR"
     else:
         quality = f"{abs(d_psnr):.1f} dB {'higher' if d_psnr > 0 else 'lower'} PSNR"
+        if d_psnr > 0 and spread is not None:
+            quality += (f" (beyond the baseline's seed spread of {spread:.2f} dB)" if d_psnr > spread else
+                        f" (within the baseline's seed spread of {spread:.2f} dB: not better)")
     if ratio is None:
         speed = "at an unknown speed"
     elif ratio >= 1:

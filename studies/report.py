@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nectargan.data.floor import COPY, LEARN_MARGIN_DB, MEAN, Floor
 from nectargan.errors import NectarGANError
 from studies.answer import TOLERANCE_DB, Answer, analyse, learned, number, row_extras, speedup
-from studies.baseline import is_baseline
+from studies.baseline import is_baseline, is_reference, repeat_of
 from studies.config import TRAIN_PARAMS
 from studies.storage import StorageError, artifact_store, open_storage
 
@@ -150,7 +150,9 @@ def _yes_no(value: bool | None) -> str:
 
 def _row(trial: FrozenTrial, objectives: list[str], baseline: FrozenTrial | None,
          floor: Floor | None = None) -> dict[str, Any]:
-    label = f"{trial.number} (baseline)" if is_baseline(trial) else str(trial.number)
+    repeat = repeat_of(trial)
+    label = (f"{trial.number} (baseline)" if is_baseline(trial) else
+             f"{trial.number} (baseline repeat {repeat})" if repeat is not None else str(trial.number))
     extras = row_extras(trial, baseline, floor)
     row = {"trial": label, "variant": trial.user_attrs.get("variant", ""),
            "val_psnr": number(trial, "val_psnr"), "dB vs baseline": extras["d_psnr_db"]}
@@ -194,6 +196,7 @@ def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
         lines += [" ".join(answer.budget), ""]
     lines += [item for w in answer.warnings for item in (f"**{w}**", "")]
     lines += _floor_section(answer)
+    lines += _seeds_section(answer)
     lines += _device_note(answer)
     rows_of = [answer.baseline] if answer.baseline is not None else []
     if answer.complete:
@@ -251,6 +254,21 @@ def _floor_section(answer: Answer) -> list[str]:
     return [*lines, _table(rows), ""]
 
 
+def _seeds_section(answer: Answer) -> list[str]:
+    """The baseline's runs with their seeds, and the spread of their PSNR (PSNR's noise between seeds)."""
+    runs = answer.baseline_runs
+    if len(runs) < 2 or answer.spread_db is None:
+        return []
+    rows = [{"trial": t.number, "seed": t.user_attrs.get("seed"), "val_psnr": number(t, "val_psnr"),
+             "val_ssim": number(t, "val_ssim"), "images": t.user_attrs.get("images"),
+             **({"learned": _yes_no(learned(t, answer.floor))} if answer.floor is not None else {})} for t in runs]
+    return ["## Baseline over seeds", "",
+            f"The baseline trained {len(runs)} times, the same generator and settings with another seed each: its "
+            f"val PSNR spreads over {answer.spread_db:.2f} dB. That is the noise of the quality figure: a trial is "
+            "called better than the baseline only when its PSNR is higher by more than the spread.", "",
+            _table(rows), ""]
+
+
 def _device_note(answer: Answer) -> list[str]:
     timed = [t for t in answer.complete if number(t, "infer_img_per_s") is not None]
     if not timed:
@@ -275,7 +293,7 @@ def _device_note(answer: Answer) -> list[str]:
 
 def _importances(study: optuna.Study, answer: Answer) -> list[str]:
     """Importances over the searched trials (not the baseline) and the parameters that varied."""
-    searched = [t for t in answer.complete if not is_baseline(t)]
+    searched = [t for t in answer.complete if not is_reference(t)]
     varying = _varying(searched)
     if len(searched) < 2:
         return []
@@ -292,7 +310,7 @@ def _importances(study: optuna.Study, answer: Answer) -> list[str]:
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
         return ["## Parameter importances", "", f"_not available: {exc}_", ""]
     return ["## Parameter importances (Optuna's default evaluator, first objective)", "",
-            caveat + f"Over {len(searched)} searched trials; the baseline is left out.{left_out}", "",
+            caveat + f"Over {len(searched)} searched trials; the baseline and its repeats are left out.{left_out}", "",
             _table([{"parameter": k, "importance": v} for k, v in importances.items()]), ""]
 
 
@@ -381,7 +399,7 @@ def _plots(study: optuna.Study, answer: Answer, out: Path) -> list[Path]:
     else:
         jobs.append(("history", lambda: ovm.plot_optimization_history(
             study, target=lambda t: t.values[0], target_name=names[0])))
-    searched = [t for t in answer.complete if not is_baseline(t)]
+    searched = [t for t in answer.complete if not is_reference(t)]
     varying = _varying(searched)
     if len(searched) >= 2 and varying:
         jobs.append(("importances", lambda: ovm.plot_param_importances(
@@ -420,9 +438,12 @@ def _front_plot(answer: Answer):
         return None
     _figure, axes = plt.subplots()
     front = {t.number for t in answer.front}
-    others = [(s, q) for t, s, q in points if t.number not in front and not is_baseline(t)]
+    others = [(s, q) for t, s, q in points if t.number not in front and not is_reference(t)]
     if others:
         axes.scatter(*zip(*others, strict=True), color="0.65", s=18, label="trials")
+    repeats = [(s, q) for t, s, q in points if repeat_of(t) is not None]
+    if repeats:
+        axes.scatter(*zip(*repeats, strict=True), marker="x", color="tab:red", s=40, label="baseline, other seeds")
     on_front = sorted(((s, q, t) for t, s, q in points if t.number in front), key=lambda p: p[0])
     if on_front:
         axes.plot([p[0] for p in on_front], [p[1] for p in on_front], "o-", color="tab:blue", label="front")

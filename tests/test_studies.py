@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,7 +38,7 @@ FAST_TIMING = "infer_blocks = 3\ninfer_min_block_s = 0.005"
 
 def _config(tmp_path: Path, data: Path, extra: str = "", budget: str = f"steps = 12\neval_every = 6\n{FAST_TIMING}",
             name: str = "t", objectives: str = '["val_l1"]', baseline: bool = False, pruner: str = "median",
-            constraints: str = "") -> str:
+            constraints: str = "", baseline_seeds: int = 1) -> str:
     path = tmp_path / f"{name}.toml"
     path.write_text(f"""
 [study]
@@ -47,6 +48,7 @@ pruner = "{pruner}"
 seed = 0
 n_trials = 3
 baseline = {str(baseline).lower()}
+baseline_seeds = {baseline_seeds}
 [data]
 path = "{data}"
 [budget]
@@ -118,10 +120,11 @@ def test_study_with_attributes_artifacts_weights_and_resume(tmp_path, sample_dat
 
 
 def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_and_grid(tmp_path, sample_dataset):
-    """The default form: PSNR against measured inference speed, NectarGAN's default generator as trial 0."""
+    """The default form: PSNR against measured inference speed, NectarGAN's default generator as trial 0 and
+    again as trial 1 with another seed."""
     config = _config(tmp_path, sample_dataset, name="m", objectives='["val_psnr", "infer_img_per_s"]',
                      baseline=True, pruner="none", budget=f"seconds = 1\neval_every = 1000\n{FAST_TIMING}",
-                     constraints="[constraints]\nmax_params = 1e6")
+                     constraints="[constraints]\nmax_params = 1e6", baseline_seeds=2)
     storage = f"sqlite:///{tmp_path}/m.db"
     summary = run_study(StudyRun(config_path=config, storage=storage, out_root=str(tmp_path / "out")))
     assert summary["added"] == 3
@@ -136,7 +139,12 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
     assert baseline.params == {"lr": 2e-4}  # the one baseline value the space can hold
     assert baseline.constraints["max_params"] > 0  # over the limit, recorded, and still trained
     assert [t.number for t in study.trials if t.user_attrs.get("baseline")] == [0]
-    for trial in study.trials[1:]:
+    repeat = study.trials[1]  # the baseline again (its generator and settings), another seed: PSNR's noise
+    assert repeat.user_attrs["baseline_repeat"] == 1 and repeat.state == optuna.trial.TrialState.COMPLETE
+    assert {k: repeat.user_attrs[k] for k in ("variant", "settings")} == {
+        k: baseline.user_attrs[k] for k in ("variant", "settings")}
+    assert (baseline.user_attrs["seed"], repeat.user_attrs["seed"]) == (0, 1)
+    for trial in study.trials[2:]:
         assert trial.state == optuna.trial.TrialState.COMPLETE
         _measured(trial)
         assert trial.user_attrs["infer_speedup_vs_baseline"] > 0  # timed interleaved with the baseline's
@@ -146,7 +154,7 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
     report = tmp_path / "r"
     written = write_study_report(storage, "m", report)
     text = (report / "report.md").read_text()
-    assert "## Pareto front" in text and "| 0 (baseline) | UnetBlock-Transposed-d4-f64-64px" in text
+    assert "## Pareto front" in text and re.search(r"\| 0 \(baseline\) +\| UnetBlock-Transposed-d4-f64-64px", text)
     assert "| 1.00x " in text and " M " in text and "| +0.00 " in text  # rounded: speed-up, params in M, dB
     assert "Baseline (NectarGAN's default generator at this size, trial 0)" in text
     assert "The speed-up is the one the answer and the front plot use" in text
@@ -155,7 +163,10 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
     assert study.user_attrs["env"]["cpu_count"] >= 1 and study.user_attrs["budget"] == {"steps": None, "seconds": 1}
     floor = Floor.from_dict(study.user_attrs["floor"])  # recorded by the driver, from the study's dataset
     assert floor == trivial_floor(sample_dataset, 64)
-    best = max(study.trials[1:], key=lambda t: t.user_attrs["val_psnr"])
+    best = study.trials[2]
+    spread = abs(baseline.user_attrs["val_psnr"] - repeat.user_attrs["val_psnr"])
+    assert "Trained with 2 seeds (trials 0, 1), the baseline reaches " in text
+    assert f"a spread of {spread:.2f} dB" in text and "## Baseline over seeds" in text
     untrained = not floor.learned(baseline.user_attrs["val_psnr"]) and not floor.learned(best.user_attrs["val_psnr"])
     assert ("ranks untrained generators and names no winner" in text) == untrained  # 1 s of training: untrained
     if not untrained:
@@ -303,6 +314,20 @@ def test_duplicate_baseline_prunes_itself(tmp_path, sample_dataset):
     assert len(trials) == 2 and trials[1].state == optuna.trial.TrialState.PRUNED
     assert trials[1].user_attrs["reason"] == "duplicate baseline: trial 0 is this study's baseline"
     assert not (tmp_path / "out").exists()
+
+
+def test_the_baseline_and_its_repeats_are_enqueued_once_each_and_a_failed_one_again():
+    from studies.baseline import enqueue_baseline, repeat_of
+
+    config = parse_study_config("[study]\nbaseline_seeds = 3\n[space]\nfeatures = [4, 8]\n[fixed]\ninput_size = 64\n")
+    study = optuna.create_study()
+    assert enqueue_baseline(study, config) and not enqueue_baseline(study, config)  # all three wait: no more
+    roles = [(t.user_attrs.get("baseline"), repeat_of(t), t.state.name) for t in study.get_trials()]
+    assert roles == [(True, None, "WAITING"), (None, 1, "WAITING"), (None, 2, "WAITING")]
+    study.tell(study.ask(), 1.0)  # the baseline completes
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # repeat 1 fails (Ctrl-C, a lost worker)
+    assert enqueue_baseline(study, config) and not enqueue_baseline(study, config)
+    assert [repeat_of(t) for t in study.get_trials() if t.state.name == "WAITING"] == [2, 1]
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell by hand, as Ctrl-C leaves a trial
@@ -456,6 +481,7 @@ def test_dashboard_serves_the_study(tmp_path):
         ("[space]\nn_downs = [3]\n[fixed]\nn_downs = 3\n", r"n_downs is both searched"),
         ("[data]\ntask = 'edges'\n", r"\[data\]\.task = 'edges'"),
         ("[budget]\nsteps = 0\n", r"\[budget\]\.steps = 0 must be >= 1"),
+        ("[study]\nbaseline_seeds = 0\n", r"\[study\]\.baseline_seeds = 0 must be >= 1"),
         ("[space]\nblock_type = ['UnetBlock', 'ResBlock']\n",
          r"unknown name 'ResBlock'.*known: UnetBlock, ResidualUnetBlock"),
         ("[study\n", r"is not valid TOML"),
@@ -647,13 +673,16 @@ FLOOR = Floor(mean_psnr=14.0, mean_ssim=0.37, copy_psnr=4.0, copy_ssim=0.18, cop
               train_images=160)
 
 
-def _psnr_study(storage: str, name: str, psnrs: list[float], floor: Floor | None = FLOOR) -> optuna.Study:
-    """Trial 0 the baseline, then searched trials, at these val PSNRs; the study's floor as the driver records it."""
+def _psnr_study(storage: str, name: str, psnrs: list[float], floor: Floor | None = FLOOR,
+               extra: dict[int, dict] | None = None) -> optuna.Study:
+    """Trial 0 the baseline, then searched trials, at these val PSNRs (``extra``: more user attributes by trial
+    number); the study's floor as the driver records it."""
     trials = []
     for i, psnr in enumerate(psnrs):
         attrs = {"val_psnr": psnr, "val_ssim": 0.2, "infer_img_per_s": 100.0 * (i + 1), "images": 400,
                  "infer_speedup_vs_baseline": float(i + 1),
-                 "budget_bound": "seconds", "variant": f"v{i}", **({"baseline": True} if i == 0 else {})}
+                 "budget_bound": "seconds", "variant": f"v{i}", **({"baseline": True} if i == 0 else {}),
+                 **(extra or {}).get(i, {})}
         trials.append({"params": {"lr": 1e-4 * (i + 1)}, "values": [psnr, attrs["infer_img_per_s"]], "attrs": attrs})
     study = _synthetic(storage, name, ["val_psnr", "infer_img_per_s"], trials, budget={"steps": None, "seconds": 4})
     if floor is not None:
@@ -695,6 +724,27 @@ def test_trials_below_the_floor_are_marked_and_counted_and_no_winner_is_named(tm
     text = (tmp_path / "o" / "report.md").read_text()
     assert "The floor was not recorded (the study predates it) and its dataset was not found" in text
     assert "Best quality: `v1` (trial 1)" in text
+
+
+def test_the_baselines_spread_over_seeds_decides_what_is_better(tmp_path):
+    """Baseline 15.2 dB, its repeats 15.0 and 15.6 (spread 0.6 dB): 15.5 dB is not better, 16.5 dB is."""
+    storage = f"sqlite:///{tmp_path}/seeds.db"
+    # trials 1 and 2 are the baseline's repeats, not searched trials; trial 3 the fastest within 0.5 dB
+    _psnr_study(storage, "seeds", [15.2, 15.0, 15.6, 15.5, 16.5], extra={
+        1: {"baseline_repeat": 1, "seed": 1}, 2: {"baseline_repeat": 2, "seed": 2},
+        3: {"infer_speedup_vs_baseline": 9.0}})
+    write_study_report(storage, "seeds", tmp_path / "s")
+    text = (tmp_path / "s" / "report.md").read_text()
+    assert ("Trained with 3 seeds (trials 0, 1, 2), the baseline reaches 15.00 to 15.60 dB PSNR, a spread of "
+            "0.60 dB") in text
+    assert "Best quality: `v4` (trial 4) is 5.0x faster than the baseline at 1.3 dB higher PSNR (beyond the " \
+           "baseline's seed spread of 0.60 dB)" in text
+    assert "`v3` (trial 3) is 9.0x faster than the baseline at 0.3 dB higher PSNR (within the baseline's seed " \
+           "spread of 0.60 dB: not better)" in text
+    assert "a trial with higher PSNR than the baseline by more than its seed spread (0.60 dB): yes" in text
+    seeds = text.split("## Baseline over seeds", 1)[1].split("##", 1)[0]
+    assert seeds.count("| yes ") == 3 and "over 0.60 dB" in seeds
+    assert "Over 2 searched trials; the baseline and its repeats are left out" in text
 
 
 @pytest.mark.parametrize(("change", "message"), [
