@@ -1,7 +1,8 @@
 """A study's floor: the trivial predictors of its dataset (:mod:`nectargan.data.floor`), recorded once.
 
-The driver records it as the study's user attribute ``floor`` when it opens the study (a study that
-predates the floor gets it when it is resumed); every trial of a study trains on the same data, crop
+The driver computes it before it opens the study (so bad data is an error before the storage is
+written) and records it as the study's user attribute ``floor`` (a study that predates the floor gets
+it when it is resumed); every trial of a study trains on the same data, crop
 size, direction and channels, so one floor serves all of them. A report of a study without the
 attribute computes it from the dataset its trials trained on (a complete trial's ``config.json``),
 writing nothing; where that is gone the report says so.
@@ -33,14 +34,10 @@ def study_floor(config: StudyConfig) -> Floor:
                          in_channels, int(fixed.get("out_channels") or in_channels))
 
 
-def record_floor(study: optuna.Study, config: StudyConfig) -> Floor:
-    """Set the study's ``floor`` attribute unless it holds one; return the floor."""
-    stored = Floor.from_dict(study.user_attrs.get(FLOOR_ATTR))
-    if stored is not None:
-        return stored
-    floor = study_floor(config)
-    study.set_user_attr(FLOOR_ATTR, floor.to_dict() | {"data": config.data_path})
-    return floor
+def record_floor(study: optuna.Study, floor: Floor, data: str) -> None:
+    """Set the study's ``floor`` attribute (``floor`` of dataset ``data``) unless it holds one."""
+    if Floor.from_dict(study.user_attrs.get(FLOOR_ATTR)) is None:
+        study.set_user_attr(FLOOR_ATTR, floor.to_dict() | {"data": data})
 
 
 def floor_of(study: optuna.Study) -> tuple[Floor | None, str]:

@@ -493,6 +493,23 @@ def test_bad_configs_are_one_line_errors(text, pattern):
     assert "\n" not in str(info.value)
 
 
+def test_a_bad_dataset_is_one_line_before_the_storage_is_written(tmp_path, sample_dataset, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dataset, data)
+    Image.new("RGB", (64, 64)).save(data / "val" / "square.png")  # not A|B side by side
+    storage = f"sqlite:///{tmp_path}/bad.db"
+    assert main(["study", _config(tmp_path, data, baseline=True), "--storage", storage, "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and "square.png is 64x64" in err and err.count("\n") == 0
+    assert optuna.get_all_study_summaries(open_storage(storage)) == []  # no study, no baseline enqueued
+
+
 def test_builtin_configs_parse():
     from studies.config import load_study_config
 
