@@ -122,8 +122,18 @@ def train(
         f"{summary['steps']} steps in {summary['train_seconds']:.1f} s ({summary['img_per_s']:.1f} img/s, "
         f"{summary['device']}, {summary['precision']}, compile={'on' if summary['compile'] else 'off'}); "
         f"val L1 {summary['initial_val_l1']:.4f} -> {summary['val_l1']:.4f}, PSNR {summary['val_psnr']:.2f} dB, "
-        f"SSIM {summary['val_ssim']:.3f}. Wrote {out}", highlight=False, soft_wrap=True,
+        f"SSIM {summary['val_ssim']:.3f}; {_floor_clause(summary)}. Wrote {out}", highlight=False, soft_wrap=True,
     )
+
+
+def _floor_clause(summary: dict) -> str:
+    """``floor: copy input 20.10 dB, mean target 14.20 dB; beat by +3.40 dB`` (or ``...; did not learn: ...``)."""
+    from nectargan.data.floor import Floor
+
+    floor = Floor.from_dict(summary.get("floor"))
+    if floor is None:
+        return "no floor"
+    return f"floor: {floor.describe()}; {floor.verdict(summary.get('val_psnr'))}"
 
 
 def _interrupted(exc: KeyboardInterrupt, out: Path, steps: int | None) -> str:

@@ -5,8 +5,13 @@ inference speed (``infer_img_per_s``). Every complete trial is compared with the
 default generator, trial 0): dB of PSNR and SSIM against it, and its speed-up over it, taken from the
 timing interleaved with the baseline's architecture in the same trial (robust to load drifting between
 trials), else from the two trials' own figures. The front is the study's Pareto front when the study
-has several objectives, else the trials no other trial beats on both PSNR and speed. Nothing here
-measures anything: it only reads trials.
+has several objectives, else the trials no other trial beats on both PSNR and speed.
+
+Every complete trial is also held against the study's floor (:mod:`studies.floor`): a trial whose val
+PSNR does not beat the better trivial predictor (copy the input, the mean training target) by
+``LEARN_MARGIN_DB`` did not learn. The answer counts those; when the baseline and the best trial did
+not learn, it says the ranking is of untrained generators and names no winner. Nothing here measures
+anything: it only reads trials (and, for a study that predates the floor, its dataset).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from studies.baseline import is_baseline
+from nectargan.data.floor import LEARN_MARGIN_DB, Floor
+from studies.baseline import is_baseline, is_reference, repeat_of
+from studies.floor import floor_of
 
 TOLERANCE_DB = 0.5  # "as good as the baseline" for the fastest-trial question
 GOAL_SPEEDUP = 2.0
@@ -37,6 +44,12 @@ class Answer:
     warnings: list[str] = field(default_factory=list)
     goal_quality: bool | None = None
     goal_speed: bool | None = None
+    floor: Floor | None = None
+    floor_source: str = ""
+    not_learned: list[FrozenTrial] = field(default_factory=list)  # complete trials below the floor + margin
+    untrained: bool = False  # the baseline and the best trial did not learn: no winner is named
+    baseline_runs: list[FrozenTrial] = field(default_factory=list)  # the baseline and its complete repeats
+    spread_db: float | None = None  # their PSNR's max - min: "better than the baseline" needs more than it
 
 
 def number(trial: FrozenTrial, key: str) -> float | None:
@@ -89,14 +102,27 @@ def front_of(study: optuna.Study, complete: list[FrozenTrial]) -> list[FrozenTri
     return sorted(quality_speed_front([t for t in complete if _feasible(t)]), key=lambda t: t.number)
 
 
+def learned(trial: FrozenTrial, floor: Floor | None) -> bool | None:
+    """Whether the trial's val PSNR beats the floor's better predictor by the margin (None: unknown)."""
+    return None if floor is None else floor.learned(number(trial, "val_psnr"), LEARN_MARGIN_DB)
+
+
 def analyse(study: optuna.Study) -> Answer:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     baselines = [t for t in complete if is_baseline(t)]
     baseline = baselines[0] if baselines else None
     answer = Answer(baseline=baseline, complete=complete, front=front_of(study, complete))
+    answer.floor, answer.floor_source = floor_of(study)
+    answer.not_learned = [t for t in complete if learned(t, answer.floor) is False]
+    if baseline is not None and number(baseline, "val_psnr") is not None:
+        answer.baseline_runs = [baseline] + [t for t in complete
+                                             if repeat_of(t) is not None and number(t, "val_psnr") is not None]
+        if len(answer.baseline_runs) > 1:
+            psnrs = [number(t, "val_psnr") or 0.0 for t in answer.baseline_runs]
+            answer.spread_db = max(psnrs) - min(psnrs)
     _budget(study, answer)
-    searched = [t for t in complete if not is_baseline(t) and _feasible(t) and number(t, "val_psnr") is not None]
+    searched = [t for t in complete if not is_reference(t) and _feasible(t) and number(t, "val_psnr") is not None]
     if baseline is None:
         reason = study.user_attrs.get("baseline")
         answer.sentences.append(
@@ -112,8 +138,10 @@ def analyse(study: optuna.Study) -> Answer:
         f"{_g(number(baseline, 'val_ssim'), 3)} at {_g(number(baseline, 'infer_img_per_s'), 3)} img/s "
         f"inference (batch {baseline.user_attrs.get('infer_batch_size', '?')}, "
         f"{baseline.user_attrs.get('infer_mode', '?')}); it trained on "
-        f"{baseline.user_attrs.get('images', '?')} images."
+        f"{baseline.user_attrs.get('images', '?')} images{_learn_note(baseline, answer.floor)}."
     )
+    answer.sentences += _floor_sentences(answer)
+    answer.sentences.append(_seeds_sentence(study, answer))
     if not searched or base_psnr is None:
         answer.sentences.append("No searched trial completed, so there is nothing to compare yet.")
         return answer
@@ -122,27 +150,86 @@ def analyse(study: optuna.Study) -> Answer:
              and speedup(t, baseline) is not None]
     answer.fastest_close = max(close, key=lambda t: speedup(t, baseline) or 0.0) if close else None
     best = answer.best_quality
-    answer.sentences.append(f"Best quality: {_compare(best, baseline)}")
+    if learned(baseline, answer.floor) is False and learned(best, answer.floor) is False:
+        answer.untrained = True
+        answer.sentences.append(
+            f"Neither the baseline nor the best searched trial (`{best.user_attrs.get('variant', '?')}`, trial "
+            f"{best.number}, {_db(number(best, 'val_psnr'))}) learned, so this study ranks untrained generators and "
+            "names no winner: its PSNR and speed-up figures compare noise. Give the trials a larger [budget] (or "
+            "check the data) before reading the front."
+        )
+        return answer
+    answer.sentences.append(f"Best quality: {_compare(best, answer)}")
     if answer.fastest_close is None:
         answer.sentences.append(f"No searched trial comes within {TOLERANCE_DB} dB of the baseline's PSNR or above it.")
     elif answer.fastest_close.number != best.number:
         answer.sentences.append(f"Fastest trial no more than {TOLERANCE_DB} dB below the baseline's PSNR: "
-                                f"{_compare(answer.fastest_close, baseline)}")
+                                f"{_compare(answer.fastest_close, answer)}")
     else:
         answer.sentences.append(f"It is also the fastest trial no more than {TOLERANCE_DB} dB below the baseline.")
-    front = [t for t in answer.front if not is_baseline(t)]
-    answer.goal_quality = any((number(t, "val_psnr") or -math.inf) > base_psnr for t in front)
+    if learned(baseline, answer.floor) is False:
+        answer.sentences.append("The baseline did not learn, so being better than it says little: the floor is "
+                                "the comparison that counts.")
+    # a trial that did not learn counts for neither goal (beating an untrained generator proves nothing)
+    front = [t for t in answer.front if not is_reference(t) and learned(t, answer.floor) is not False]
+    beyond = answer.spread_db or 0.0  # higher only counts beyond the baseline's own noise between seeds
+    answer.goal_quality = any((number(t, "val_psnr") or -math.inf) > base_psnr + beyond for t in front)
     answer.goal_speed = any((number(t, "val_psnr") or -math.inf) >= base_psnr - TOLERANCE_DB
                             and (speedup(t, baseline) or 0.0) >= GOAL_SPEEDUP for t in front)
+    learned_only = " that learned" if answer.floor is not None else ""
     answer.sentences.append(
-        f"On the front: a trial with higher PSNR than the baseline: {'yes' if answer.goal_quality else 'no'}; "
-        f"one at least {GOAL_SPEEDUP:g}x faster within {TOLERANCE_DB} dB of it: "
-        f"{'yes' if answer.goal_speed else 'no'}."
+        f"On the front{learned_only}: a trial with higher PSNR than the baseline"
+        f"{f' by more than its seed spread ({answer.spread_db:.2f} dB)' if answer.spread_db is not None else ''}: "
+        f"{'yes' if answer.goal_quality else 'no'}; one at least {GOAL_SPEEDUP:g}x faster within {TOLERANCE_DB} dB "
+        f"of it: {'yes' if answer.goal_speed else 'no'}."
     )
     return answer
 
 
-def _compare(trial: FrozenTrial, baseline: FrozenTrial) -> str:
+def _learn_note(trial: FrozenTrial, floor: Floor | None) -> str:
+    return "; it did not learn" if learned(trial, floor) is False else ""
+
+
+def _floor_sentences(answer: Answer) -> list[str]:
+    """How many complete trials did not learn, against which floor (or why that is not known)."""
+    floor = answer.floor
+    if floor is None:
+        return [f"The floor was {answer.floor_source}."]
+    n, total = len(answer.not_learned), len(answer.complete)
+    which = ""
+    if answer.not_learned:
+        numbers = [str(t.number) for t in answer.not_learned]
+        which = f": trial{'s' if n > 1 else ''} {', '.join(numbers[:12])}{', ...' if n > 12 else ''}"
+    sentences = [f"{n} of {total} complete trials did not learn (did not beat the better trivial predictor, the "
+                 f"{floor.best} at {floor.best_psnr:.2f} dB, by {LEARN_MARGIN_DB:g} dB){which}."]
+    ssim_floor = max(x for x in (floor.copy_ssim, floor.mean_ssim) if x is not None)
+    below = [t for t in answer.complete if learned(t, floor) and (number(t, "val_ssim") or 0.0) < ssim_floor]
+    if below:  # a hint, not a mark: learned is PSNR's verdict alone
+        sentences.append(
+            f"Of those that did, trial{'s' if len(below) > 1 else ''} {', '.join(str(t.number) for t in below)} "
+            f"still {'have' if len(below) > 1 else 'has'} a lower SSIM than a trivial predictor's "
+            f"({ssim_floor:.3f}): better in PSNR, not yet in structure.")
+    return sentences
+
+
+def _seeds_sentence(study: optuna.Study, answer: Answer) -> str:
+    """The baseline's PSNR over its seeds (trial 0 and its repeats), or why its noise is not known."""
+    runs = answer.baseline_runs
+    planned = 1 + len({k for t in study.get_trials(deepcopy=False) if (k := repeat_of(t)) is not None})
+    if answer.spread_db is None:
+        if planned == 1:
+            return ("The baseline ran with one seed, so PSNR's noise between seeds is not measured "
+                    "([study].baseline_seeds).")
+        return (f"Only {len(runs)} of the baseline's {planned} seed runs completed, so PSNR's noise between seeds "
+                "is not known yet.")
+    psnrs = [number(t, "val_psnr") or 0.0 for t in runs]
+    return (f"Trained with {len(runs)} seeds (trials {', '.join(str(t.number) for t in runs)}), the baseline "
+            f"reaches {min(psnrs):.2f} to {max(psnrs):.2f} dB PSNR, a spread of {answer.spread_db:.2f} dB: a trial "
+            "is better than the baseline only by more than that.")
+
+
+def _compare(trial: FrozenTrial, answer: Answer) -> str:
+    baseline, floor, spread = answer.baseline, answer.floor, answer.spread_db
     d = deltas(trial, baseline)
     d_psnr, ratio = d["d_psnr_db"], d["speedup"]
     if d_psnr is None:
@@ -151,6 +238,9 @@ def _compare(trial: FrozenTrial, baseline: FrozenTrial) -> str:
         quality = "the same PSNR"
     else:
         quality = f"{abs(d_psnr):.1f} dB {'higher' if d_psnr > 0 else 'lower'} PSNR"
+        if d_psnr > 0 and spread is not None:
+            quality += (f" (beyond the baseline's seed spread of {spread:.2f} dB)" if d_psnr > spread else
+                        f" (within the baseline's seed spread of {spread:.2f} dB: not better)")
     if ratio is None:
         speed = "at an unknown speed"
     elif ratio >= 1:
@@ -162,7 +252,7 @@ def _compare(trial: FrozenTrial, baseline: FrozenTrial) -> str:
     ssim = f", SSIM {d['d_ssim']:+.3f}" if d["d_ssim"] is not None else ""
     return (f"`{trial.user_attrs.get('variant', '?')}` (trial {trial.number}) {speed} at {quality} "
             f"({_db(number(trial, 'val_psnr'))}{ssim}; {trial.user_attrs.get('images', '?')} training images"
-            f"{timing}).")
+            f"{timing}{_learn_note(trial, floor)}).")
 
 
 def _budget(study: optuna.Study, answer: Answer) -> None:
@@ -212,6 +302,9 @@ def _db(value: float | None) -> str:
     return "? dB" if value is None else f"{value:.2f} dB"
 
 
-def row_extras(trial: FrozenTrial, baseline: FrozenTrial | None) -> dict[str, Any]:
+def row_extras(trial: FrozenTrial, baseline: FrozenTrial | None, floor: Floor | None = None) -> dict[str, Any]:
+    """dB and SSIM against the baseline, speed-up over it; dB over the floor's better predictor, and learned."""
     d = deltas(trial, baseline)
-    return {"d_psnr_db": d["d_psnr_db"], "d_ssim": d["d_ssim"], "speedup_x": d["speedup"]}
+    over = floor.margin(number(trial, "val_psnr")) if floor is not None else None
+    return {"d_psnr_db": d["d_psnr_db"], "d_ssim": d["d_ssim"], "speedup_x": d["speedup"],
+            "db_over_floor": over, "learned": learned(trial, floor)}

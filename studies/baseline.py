@@ -17,6 +17,12 @@ Exactly once: the baseline is enqueued by the process that creates the study (cr
 every Optuna storage), waiting trials are handed out under a lock on SQLite (see
 :mod:`studies.storage`), and a baseline trial that finds another baseline trial already running
 (with a lower number) or complete prunes itself as a duplicate.
+
+Its repeats: ``[study].baseline_seeds`` - 1 more trials of the same generator and settings, each
+trained with its own seed (the trial's: the study's seed + its number), enqueued right after it and
+marked with the user attribute ``baseline_repeat`` (1, 2, ...), so the report can give the noise of
+PSNR between seeds. Each repeat runs exactly once by the same rules as the baseline; they are not
+searched trials.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from studies.config import Range, StudyConfig
 from studies.space import contains
 
 BASELINE_ATTR = "baseline"
+REPEAT_ATTR = "baseline_repeat"  # k = 1, 2, ...: the baseline again, with another seed
 MAX_ATTEMPTS = 3  # baseline trials a study may enqueue in all (each resume adds one while none completed)
 ARCH_KEYS = ("n_downs", "features", "block_type", "upconv_type", "use_dropout_layers")
 
@@ -88,33 +95,56 @@ def is_baseline(trial: optuna.trial.FrozenTrial | optuna.Trial) -> bool:
     return trial.user_attrs.get(BASELINE_ATTR) is True
 
 
-def baseline_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False) if is_baseline(t)]
+def repeat_of(trial: optuna.trial.FrozenTrial | optuna.Trial) -> int | None:
+    """k when the trial is the baseline's k-th repeat (another seed), else None."""
+    k = trial.user_attrs.get(REPEAT_ATTR)
+    return k if isinstance(k, int) and not isinstance(k, bool) and k >= 1 else None
+
+
+def is_reference(trial: optuna.trial.FrozenTrial | optuna.Trial) -> bool:
+    """The baseline or one of its repeats: NectarGAN's default generator, not a searched trial."""
+    return is_baseline(trial) or repeat_of(trial) is not None
+
+
+def _role(trial: optuna.trial.FrozenTrial | optuna.Trial) -> int | None:
+    """0 for the baseline, k for its k-th repeat, None for a searched trial."""
+    return 0 if is_baseline(trial) else repeat_of(trial)
+
+
+def baseline_trials(study: optuna.Study, role: int = 0) -> list[optuna.trial.FrozenTrial]:
+    """The baseline's trials (``role`` 0) or those of its ``role``-th repeat."""
+    return [t for t in study.get_trials(deepcopy=False) if _role(t) == role]
 
 
 def enqueue_baseline(study: optuna.Study, config: StudyConfig) -> bool:
-    """Enqueue the baseline unless the study has one complete, running or waiting (or tried it too often).
+    """Enqueue the baseline and each of its repeats unless the study has it complete, running or waiting
+    (or tried it too often).
 
-    Call it when the study is created; on a resumed study it re-enqueues a baseline that failed or was
-    interrupted. Returns whether a trial was enqueued.
+    Call it when the study is created; on a resumed study it re-enqueues a baseline or repeat that failed
+    or was interrupted. Returns whether a trial was enqueued.
     """
     settings = baseline_settings(config)
     if settings is None:
         return False
-    existing = baseline_trials(study)
     live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
-    if any(t.state in live for t in existing) or len(existing) >= MAX_ATTEMPTS:
-        return False
-    study.enqueue_trial(enqueueable(config, settings), user_attrs={BASELINE_ATTR: True})
-    return True
+    enqueued = False
+    for role in range(max(1, config.baseline_seeds)):
+        existing = baseline_trials(study, role)
+        if any(t.state in live for t in existing) or len(existing) >= MAX_ATTEMPTS:
+            continue
+        study.enqueue_trial(enqueueable(config, settings),
+                            user_attrs={BASELINE_ATTR: True} if role == 0 else {REPEAT_ATTR: role})
+        enqueued = True
+    return enqueued
 
 
 def duplicate_of(trial: optuna.Trial) -> int | None:
-    """The number of another baseline trial that makes this one a duplicate, else None.
+    """The number of another trial of the same role (the baseline, or the same repeat) that makes this one
+    a duplicate, else None.
 
-    A complete baseline always wins; of two running ones the lower number does.
+    A complete one always wins; of two running ones the lower number does.
     """
-    for other in baseline_trials(trial.study):
+    for other in baseline_trials(trial.study, _role(trial) or 0):
         if other.number == trial.number:
             continue
         if other.state == TrialState.COMPLETE:

@@ -7,7 +7,8 @@ examples; a key left out takes :class:`StudyConfig`'s default, written there onl
     [study]        name, objectives (several: a multi-objective study with a Pareto front),
                    sampler (tpe: multivariate, grouped | nsga2 | gp | random),
                    pruner (median | hyperband | none; none with several objectives), seed, n_trials,
-                   baseline (trial 0 is NectarGAN's default generator, see studies.baseline)
+                   baseline (trial 0 is NectarGAN's default generator, see studies.baseline),
+                   baseline_seeds (the baseline's trials, each with its own seed: PSNR's noise; default 3)
     [data]         path; task, size, count, seed: built from scikit-image's photos when missing and task is given
     [budget]       per trial: steps and/or seconds, eval_every, trial_timeout_s (a trial still running then
                    is pruned with the reason), infer_blocks and infer_min_block_s (studies.speed)
@@ -44,7 +45,7 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PRUNERS = ("median", "hyperband", "none")
 CONSTRAINTS = {"max_params": "params", "max_gflops": "gflops", "max_peak_mem_mib": "peak_mem_mib"}
 SECTIONS = ("description", "study", "data", "budget", "space", "fixed", "constraints", "executor")
-STUDY_KEYS = ("name", "objectives", "sampler", "pruner", "seed", "n_trials", "baseline")
+STUDY_KEYS = ("name", "objectives", "sampler", "pruner", "seed", "n_trials", "baseline", "baseline_seeds")
 DATA_KEYS = ("path", "task", "size", "count", "seed")
 BUDGET_KEYS = ("steps", "seconds", "eval_every", "trial_timeout_s", "infer_blocks", "infer_min_block_s")
 BUILTIN = Path(__file__).parent
@@ -96,6 +97,7 @@ class StudyConfig:
     infer_blocks: int = 3
     infer_min_block_s: float = 0.1
     baseline: bool = True
+    baseline_seeds: int = 3  # the baseline's trials, each with its own seed (studies.baseline): PSNR's noise
     executor: dict[str, Any] = field(default_factory=dict)  # [executor]: where the workers run (bench.executors)
     description: str = ""
     source: str = "<string>"
@@ -170,7 +172,7 @@ def _check_executor(where: str, executor: dict[str, Any]) -> None:
 
 
 def _study_settings(where: str, study: dict[str, Any], default_name: str) -> dict[str, Any]:
-    """[study]: name, objectives, sampler, pruner, seed, n_trials and baseline, checked."""
+    """[study]: name, objectives, sampler, pruner, seed, n_trials, baseline and baseline_seeds, checked."""
     objectives = _objectives(where, study.get("objectives", _DEFAULTS.objectives))
     sampler = study.get("sampler", _DEFAULTS.sampler)
     if sampler not in SAMPLERS:
@@ -195,6 +197,8 @@ def _study_settings(where: str, study: dict[str, Any], default_name: str) -> dic
         "name": name, "objectives": objectives, "sampler": sampler, "pruner": pruner, "baseline": baseline,
         "seed": _number(f"{where}: [study].seed", study.get("seed", _DEFAULTS.seed), int),
         "n_trials": _number(f"{where}: [study].n_trials", study.get("n_trials", _DEFAULTS.n_trials), int, 1),
+        "baseline_seeds": _number(f"{where}: [study].baseline_seeds",
+                                  study.get("baseline_seeds", _DEFAULTS.baseline_seeds), int, 1),
     }
 
 

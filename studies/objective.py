@@ -13,7 +13,8 @@ numeric user attributes (``params``, ``gflops``, ``train_img_per_s``, ``peak_mem
 other ``infer_*`` figures), ``variant``, ``budget_bound`` (``steps`` or ``seconds``: which budget
 ended training), ``out`` (its folder) and ``weights`` (its generator, NectarGAN's checkpoint format);
 ``settings`` (every searchable setting as trained: searched, fixed or default); a trial that did not
-complete carries ``reason``. The baseline trial (see :mod:`studies.baseline`) carries ``baseline = True``.
+complete carries ``reason``; ``seed`` is the training seed. The baseline trial (see :mod:`studies.baseline`)
+carries ``baseline = True``, its repeats ``baseline_repeat = k``; they train and are timed alike.
 """
 
 from __future__ import annotations
@@ -138,12 +139,15 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def _settings(trial: optuna.Trial, config: StudyConfig) -> tuple[dict[str, Any], bool]:
-    """The trial's searched settings and whether it is the baseline (a duplicate baseline is pruned)."""
-    if not baseline_mod.is_baseline(trial):
+    """The trial's searched settings and whether it is the baseline or one of its repeats (a duplicate is
+    pruned)."""
+    if not baseline_mod.is_reference(trial):
         return suggest(trial, config.space), False
     duplicate = baseline_mod.duplicate_of(trial)
+    repeat = baseline_mod.repeat_of(trial)
     if duplicate is not None:
-        _prune(trial, f"duplicate baseline: trial {duplicate} is this study's baseline")
+        what = "baseline" if repeat is None else f"baseline repeat {repeat}"
+        _prune(trial, f"duplicate {what}: trial {duplicate} is this study's {what}")
     settings = baseline_mod.baseline_settings(config)
     if settings is None:
         _prune(trial, f"no baseline: {baseline_mod.why_no_baseline(config)}")
@@ -165,7 +169,7 @@ def effective_settings(config: StudyConfig, params: dict[str, Any]) -> dict[str,
 
 def _run_trial(trial: optuna.Trial, config: StudyConfig, out_root: Path,
                artifacts: optuna.artifacts.FileSystemArtifactStore | None) -> float | list[float]:
-    params, is_baseline = _settings(trial, config)
+    params, reference = _settings(trial, config)
     spec = variant_of(config, params)
     trial.set_user_attr("variant", spec.name)
     trial.set_user_attr("settings", effective_settings(config, params))
@@ -180,15 +184,16 @@ def _run_trial(trial: optuna.Trial, config: StudyConfig, out_root: Path,
     trial.set_user_attr("gflops", float(gflops))
     over = [f"{CONSTRAINTS[k]} {trial.user_attrs[CONSTRAINTS[k]]:.4g} > {config.constraints[k]:.4g}"
             for k, value in _record_constraints(trial, config, STATIC_CONSTRAINTS).items() if value > 0]
-    if over and not is_baseline:  # the baseline is the reference: recorded as infeasible, never pruned
+    if over and not reference:  # the baseline (and its repeats) is the reference: recorded as infeasible, never pruned
         return _prune(trial, "constraint: " + ", ".join(over))
 
     out = out_root / f"trial-{trial.number:04d}-{uuid.uuid4().hex[:8]}"
     train_config = trial_train_config(config, params, spec, trial.number, out)
     trial.set_user_attr("out", str(out))
+    trial.set_user_attr("seed", train_config.seed)  # the baseline's repeats differ in it alone
     started = time.perf_counter()
     try:
-        summary = fit(train_config, callbacks=[_Reporter(trial, config, started, prune=not is_baseline)])
+        summary = fit(train_config, callbacks=[_Reporter(trial, config, started, prune=not reference)])
     except torch.OutOfMemoryError:
         _free_memory()
         return _prune(trial, "oom")
@@ -213,7 +218,7 @@ def _run_trial(trial: optuna.Trial, config: StudyConfig, out_root: Path,
         trial.set_user_attr(key, value)
     _record_constraints(trial, config, ("max_peak_mem_mib",))
     generator = _keep_generator_only(out, spec)
-    infer = _time_inference(generator, spec, train_config, config, is_baseline)
+    infer = _time_inference(generator, spec, train_config, config, reference)
     for key, value in infer.items():
         trial.set_user_attr(key, value)
     samples = sorted((out / "samples").glob("step_*.png"), key=lambda p: int(p.stem.split("_")[1]))

@@ -2,12 +2,15 @@
 
 ``write_study_report`` writes into its folder:
 
-* ``trials.csv``: one row per trial; objective values as ``value_<objective>``, parameters as
+* ``trials.csv``: one row per trial; ``db_over_floor`` and ``learned`` (complete trials, when the floor is
+  known), objective values as ``value_<objective>``, parameters as
   ``param_<name>``, user attributes under their own names (lists and tables as JSON), so every
   column name is unique;
-* ``report.md``: the answer (a generated paragraph: the baseline, the best quality, the fastest trial
-  within 0.5 dB of the baseline), the budget and whether it was fair, the Pareto front (or the best
-  trials) with the baseline's row and each trial's dB and speed-up against it, parameter importances
+* ``report.md``: the answer (a generated paragraph: the baseline, how many trials did not learn, the
+  best quality, the fastest trial within 0.5 dB of the baseline; no winner when neither the baseline
+  nor the best trial learned), the budget and whether it was fair, the floor (the dataset's trivial
+  predictors), the Pareto front (or the best trials) with the baseline's row and each trial's dB and
+  speed-up against it, dB over the floor and whether it learned, parameter importances
   (searched trials only, parameters that varied, with a caveat under 10 trials), pruned and failed
   trials with their reasons, and the plots;
 * ``pareto_front.png`` (quality against measured inference speed, the front joined, the baseline
@@ -32,9 +35,10 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from nectargan.data.floor import COPY, LEARN_MARGIN_DB, MEAN, Floor
 from nectargan.errors import NectarGANError
-from studies.answer import TOLERANCE_DB, Answer, analyse, number, row_extras, speedup
-from studies.baseline import is_baseline
+from studies.answer import TOLERANCE_DB, Answer, analyse, learned, number, row_extras, speedup
+from studies.baseline import is_baseline, is_reference, repeat_of
 from studies.config import TRAIN_PARAMS
 from studies.storage import StorageError, artifact_store, open_storage
 
@@ -69,13 +73,18 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial; every column name unique (see the module docstring)."""
+def trials_frame(study: optuna.Study, floor: Floor | None = None) -> pd.DataFrame:
+    """One row per trial; every column name unique (see the module docstring). With the study's ``floor``,
+    ``db_over_floor`` and ``learned`` follow ``baseline`` (empty for trials that did not complete)."""
     names = objective_names(study)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         row: dict[str, Any] = {"number": trial.number, "state": trial.state.name,
                                "baseline": is_baseline(trial)}
+        if floor is not None:
+            complete = trial.state == TrialState.COMPLETE
+            row["db_over_floor"] = floor.margin(number(trial, "val_psnr")) if complete else None
+            row["learned"] = learned(trial, floor) if complete else None
         values = trial.values or [None] * len(names)
         row |= {f"value_{n}": v for n, v in zip(names, values, strict=False)}
         row |= {f"param_{k}": v for k, v in trial.params.items()}
@@ -87,7 +96,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["duration_s"] = trial.duration.total_seconds() if trial.duration else None
         rows.append(row)
     frame = pd.DataFrame(rows)
-    first = ["number", "state", "baseline", *[f"value_{n}" for n in names]]
+    first = ["number", "state", "baseline", "db_over_floor", "learned", *[f"value_{n}" for n in names]]
     groups = [first, sorted(c for c in frame if c.startswith("param_"))]
     rest = sorted(c for c in frame if c not in groups[0] and c not in groups[1])
     return frame[[c for c in [*first, *groups[1], *rest] if c in frame]]
@@ -106,7 +115,8 @@ def _fmt(value: Any) -> str:
 # How the report's tables show these columns (trials.csv keeps every digit): dB to 2 decimals, parameters in
 # millions, speeds to one decimal.
 COLUMN_FORMATS: dict[str, Callable[[float], str]] = {
-    "val_psnr": "{:.2f}".format, "dB vs baseline": "{:+.2f}".format, "val_ssim": "{:.3f}".format,
+    "val_psnr": "{:.2f}".format, "dB vs baseline": "{:+.2f}".format,
+    "dB over floor": "{:+.2f}".format, "val_ssim": "{:.3f}".format,
     "SSIM vs baseline": "{:+.3f}".format, "infer_img_per_s": "{:,.1f}".format, "train_img_per_s": "{:,.1f}".format,
     "speed-up": "{:.2f}x".format, "gflops": "{:.3g}".format, "params": lambda v: f"{v / 1e6:.2f} M",
 }
@@ -134,13 +144,22 @@ def _training_settings(trial: FrozenTrial) -> dict[str, Any]:
     return {k: settings.get(k) for k in TRAIN_PARAMS}
 
 
-def _row(trial: FrozenTrial, objectives: list[str], baseline: FrozenTrial | None) -> dict[str, Any]:
-    label = f"{trial.number} (baseline)" if is_baseline(trial) else str(trial.number)
-    extras = row_extras(trial, baseline)
+def _yes_no(value: bool | None) -> str:
+    return "" if value is None else "yes" if value else "no"
+
+
+def _row(trial: FrozenTrial, objectives: list[str], baseline: FrozenTrial | None,
+         floor: Floor | None = None) -> dict[str, Any]:
+    repeat = repeat_of(trial)
+    label = (f"{trial.number} (baseline)" if is_baseline(trial) else
+             f"{trial.number} (baseline repeat {repeat})" if repeat is not None else str(trial.number))
+    extras = row_extras(trial, baseline, floor)
     row = {"trial": label, "variant": trial.user_attrs.get("variant", ""),
-           "val_psnr": number(trial, "val_psnr"), "dB vs baseline": extras["d_psnr_db"],
-           "val_ssim": number(trial, "val_ssim"), "SSIM vs baseline": extras["d_ssim"],
-           "infer_img_per_s": number(trial, "infer_img_per_s"), "speed-up": extras["speedup_x"]}
+           "val_psnr": number(trial, "val_psnr"), "dB vs baseline": extras["d_psnr_db"]}
+    if floor is not None:
+        row |= {"dB over floor": extras["db_over_floor"], "learned": _yes_no(extras["learned"])}
+    row |= {"val_ssim": number(trial, "val_ssim"), "SSIM vs baseline": extras["d_ssim"],
+            "infer_img_per_s": number(trial, "infer_img_per_s"), "speed-up": extras["speedup_x"]}
     values = dict(zip(objectives, trial.values or [], strict=False))
     row |= {k: v for k, v in values.items() if k not in row}  # objectives not shown above (val_l1, ...)
     row |= {k: trial.user_attrs.get(k) for k in ROW_ATTRS if k not in row}
@@ -162,11 +181,11 @@ def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
     study = load(storage_url, name)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    trials_frame(study).to_csv(out / "trials.csv", index=False)
+    answer = analyse(study)
+    trials_frame(study, answer.floor).to_csv(out / "trials.csv", index=False)
     written.append(out / "trials.csv")
     objectives = objective_names(study)
     trials = study.get_trials(deepcopy=False)
-    answer = analyse(study)
     lines = [f"# Study `{name}`", "", f"Storage `{storage_url}`; {len(trials)} trials: "
              + ", ".join(f"{n} {s.name.lower()}" for s in TrialState
                          if (n := sum(1 for t in trials if t.state == s))) + ".",
@@ -176,6 +195,8 @@ def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
     if answer.budget:
         lines += [" ".join(answer.budget), ""]
     lines += [item for w in answer.warnings for item in (f"**{w}**", "")]
+    lines += _floor_section(answer)
+    lines += _seeds_section(answer)
     lines += _device_note(answer)
     rows_of = [answer.baseline] if answer.baseline is not None else []
     if answer.complete:
@@ -183,14 +204,15 @@ def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
             reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
             best = sorted(answer.complete, key=lambda t: t.value, reverse=reverse)[:10]
             shown = rows_of + [t for t in best if not is_baseline(t)]
-            lines += ["## Best trials", "", _table([_row(t, objectives, answer.baseline) for t in shown]), ""]
+            rows = [_row(t, objectives, answer.baseline, answer.floor) for t in shown]
+            lines += ["## Best trials", "", _table(rows), ""]
         shown = rows_of + [t for t in answer.front if not is_baseline(t)]
         front_name = "Pareto front" if len(study.directions) > 1 else "Quality-speed front (PSNR against infer img/s)"
         lines += [f"## {front_name}", "", "The baseline's row first (marked), then the front; dB and speed-up are "
                   "against the baseline. The speed-up is the one the answer and the front plot use: inference timed "
                   "interleaved with the baseline's architecture in the same trial (`infer_img_per_s`, absolute, "
                   "drifts with the machine's load between trials).", "",
-                  _table([_row(t, objectives, answer.baseline) for t in shown]), ""]
+                  _table([_row(t, objectives, answer.baseline, answer.floor) for t in shown]), ""]
     lines += _importances(study, answer)
     for state in (TrialState.PRUNED, TrialState.FAIL):
         failed = [t for t in trials if t.state == state]
@@ -209,6 +231,42 @@ def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     written.append(out / "report.md")
     return written + plots + ([grid] if grid else [])
+
+
+def _floor_section(answer: Answer) -> list[str]:
+    """The trivial predictors every trial must beat, and how many did (studies.floor)."""
+    floor = answer.floor
+    lines = ["## Floor", ""]
+    if floor is None:
+        return [*lines, f"The floor was {answer.floor_source}.", ""]
+    n, total = len(answer.not_learned), len(answer.complete)
+    lines += [f"What a generator must beat to have learned anything: two trivial predictors scored on the val split "
+              f"({floor.val_images} images at {floor.size} px) with the trainer's own PSNR and SSIM; the mean target "
+              f"is the per-pixel mean of the {floor.train_images} training targets. A trial learned when its val PSNR "
+              f"is at least {LEARN_MARGIN_DB:g} dB above the better of the two (the {floor.best}, "
+              f"{floor.best_psnr:.2f} dB): {total - n} of {total} complete trials did, {n} did not (the `learned` "
+              f"and `dB over floor` columns below). The floor was {answer.floor_source}.", ""]
+    rows = [{"predictor": COPY, "val_psnr": floor.copy_psnr, "val_ssim": floor.copy_ssim,
+             "note": "" if floor.copy_psnr is not None else f"left out: {floor.copy_note}"},
+            {"predictor": MEAN, "val_psnr": floor.mean_psnr, "val_ssim": floor.mean_ssim, "note": ""}]
+    for row in rows:
+        row["note"] = "; ".join(x for x in (row["note"], "the floor" if row["predictor"] == floor.best else "") if x)
+    return [*lines, _table(rows), ""]
+
+
+def _seeds_section(answer: Answer) -> list[str]:
+    """The baseline's runs with their seeds, and the spread of their PSNR (PSNR's noise between seeds)."""
+    runs = answer.baseline_runs
+    if len(runs) < 2 or answer.spread_db is None:
+        return []
+    rows = [{"trial": t.number, "seed": t.user_attrs.get("seed"), "val_psnr": number(t, "val_psnr"),
+             "val_ssim": number(t, "val_ssim"), "images": t.user_attrs.get("images"),
+             **({"learned": _yes_no(learned(t, answer.floor))} if answer.floor is not None else {})} for t in runs]
+    return ["## Baseline over seeds", "",
+            f"The baseline trained {len(runs)} times, the same generator and settings with another seed each: its "
+            f"val PSNR spreads over {answer.spread_db:.2f} dB. That is the noise of the quality figure: a trial is "
+            "called better than the baseline only when its PSNR is higher by more than the spread.", "",
+            _table(rows), ""]
 
 
 def _device_note(answer: Answer) -> list[str]:
@@ -235,7 +293,7 @@ def _device_note(answer: Answer) -> list[str]:
 
 def _importances(study: optuna.Study, answer: Answer) -> list[str]:
     """Importances over the searched trials (not the baseline) and the parameters that varied."""
-    searched = [t for t in answer.complete if not is_baseline(t)]
+    searched = [t for t in answer.complete if not is_reference(t)]
     varying = _varying(searched)
     if len(searched) < 2:
         return []
@@ -252,7 +310,7 @@ def _importances(study: optuna.Study, answer: Answer) -> list[str]:
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
         return ["## Parameter importances", "", f"_not available: {exc}_", ""]
     return ["## Parameter importances (Optuna's default evaluator, first objective)", "",
-            caveat + f"Over {len(searched)} searched trials; the baseline is left out.{left_out}", "",
+            caveat + f"Over {len(searched)} searched trials; the baseline and its repeats are left out.{left_out}", "",
             _table([{"parameter": k, "importance": v} for k, v in importances.items()]), ""]
 
 
@@ -341,7 +399,7 @@ def _plots(study: optuna.Study, answer: Answer, out: Path) -> list[Path]:
     else:
         jobs.append(("history", lambda: ovm.plot_optimization_history(
             study, target=lambda t: t.values[0], target_name=names[0])))
-    searched = [t for t in answer.complete if not is_baseline(t)]
+    searched = [t for t in answer.complete if not is_reference(t)]
     varying = _varying(searched)
     if len(searched) >= 2 and varying:
         jobs.append(("importances", lambda: ovm.plot_param_importances(
@@ -380,9 +438,12 @@ def _front_plot(answer: Answer):
         return None
     _figure, axes = plt.subplots()
     front = {t.number for t in answer.front}
-    others = [(s, q) for t, s, q in points if t.number not in front and not is_baseline(t)]
+    others = [(s, q) for t, s, q in points if t.number not in front and not is_reference(t)]
     if others:
         axes.scatter(*zip(*others, strict=True), color="0.65", s=18, label="trials")
+    repeats = [(s, q) for t, s, q in points if repeat_of(t) is not None]
+    if repeats:
+        axes.scatter(*zip(*repeats, strict=True), marker="x", color="tab:red", s=40, label="baseline, other seeds")
     on_front = sorted(((s, q, t) for t, s, q in points if t.number in front), key=lambda p: p[0])
     if on_front:
         axes.plot([p[0] for p in on_front], [p[1] for p in on_front], "o-", color="tab:blue", label="front")

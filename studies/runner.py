@@ -29,6 +29,7 @@ from bench.executors import ExecutorConfig
 from nectargan.errors import NectarGANError
 from studies import cluster
 from studies.config import StudyConfig
+from studies.floor import record_floor, study_floor
 from studies.objective import INTERRUPTED
 from studies.space import check_architectures_fit
 from studies.storage import open_storage
@@ -163,7 +164,9 @@ def run_study(run: StudyRun, on_progress: Callable[[dict[str, Any]], None] | Non
         check_existing(run, config, existing)  # before anything is written
     before = {t.number for t in existing.get_trials(deepcopy=False)} if existing is not None else set()
     ensure_data(config)
+    floor = study_floor(config)  # the dataset's trivial predictors; bad data is an error before the storage is written
     study = open_study(run, config, config.seed)  # create it once, before the workers race to
+    record_floor(study, floor, config.data_path)  # once, for the report (studies.floor)
     started = time.perf_counter()
     quiet_failed_trials()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from nectargan.data.floor import Floor, trivial_floor
 from nectargan.models import load_generator
 from studies.config import OBJECTIVES, StudyConfigError, parse_study_config
 from studies.objective import constraint_values
@@ -36,7 +38,7 @@ FAST_TIMING = "infer_blocks = 3\ninfer_min_block_s = 0.005"
 
 def _config(tmp_path: Path, data: Path, extra: str = "", budget: str = f"steps = 12\neval_every = 6\n{FAST_TIMING}",
             name: str = "t", objectives: str = '["val_l1"]', baseline: bool = False, pruner: str = "median",
-            constraints: str = "") -> str:
+            constraints: str = "", baseline_seeds: int = 1) -> str:
     path = tmp_path / f"{name}.toml"
     path.write_text(f"""
 [study]
@@ -46,6 +48,7 @@ pruner = "{pruner}"
 seed = 0
 n_trials = 3
 baseline = {str(baseline).lower()}
+baseline_seeds = {baseline_seeds}
 [data]
 path = "{data}"
 [budget]
@@ -117,10 +120,11 @@ def test_study_with_attributes_artifacts_weights_and_resume(tmp_path, sample_dat
 
 
 def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_and_grid(tmp_path, sample_dataset):
-    """The default form: PSNR against measured inference speed, NectarGAN's default generator as trial 0."""
+    """The default form: PSNR against measured inference speed, NectarGAN's default generator as trial 0 and
+    again as trial 1 with another seed."""
     config = _config(tmp_path, sample_dataset, name="m", objectives='["val_psnr", "infer_img_per_s"]',
                      baseline=True, pruner="none", budget=f"seconds = 1\neval_every = 1000\n{FAST_TIMING}",
-                     constraints="[constraints]\nmax_params = 1e6")
+                     constraints="[constraints]\nmax_params = 1e6", baseline_seeds=2)
     storage = f"sqlite:///{tmp_path}/m.db"
     summary = run_study(StudyRun(config_path=config, storage=storage, out_root=str(tmp_path / "out")))
     assert summary["added"] == 3
@@ -135,7 +139,12 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
     assert baseline.params == {"lr": 2e-4}  # the one baseline value the space can hold
     assert baseline.constraints["max_params"] > 0  # over the limit, recorded, and still trained
     assert [t.number for t in study.trials if t.user_attrs.get("baseline")] == [0]
-    for trial in study.trials[1:]:
+    repeat = study.trials[1]  # the baseline again (its generator and settings), another seed: PSNR's noise
+    assert repeat.user_attrs["baseline_repeat"] == 1 and repeat.state == optuna.trial.TrialState.COMPLETE
+    assert {k: repeat.user_attrs[k] for k in ("variant", "settings")} == {
+        k: baseline.user_attrs[k] for k in ("variant", "settings")}
+    assert (baseline.user_attrs["seed"], repeat.user_attrs["seed"]) == (0, 1)
+    for trial in study.trials[2:]:
         assert trial.state == optuna.trial.TrialState.COMPLETE
         _measured(trial)
         assert trial.user_attrs["infer_speedup_vs_baseline"] > 0  # timed interleaved with the baseline's
@@ -145,15 +154,25 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
     report = tmp_path / "r"
     written = write_study_report(storage, "m", report)
     text = (report / "report.md").read_text()
-    assert "## Pareto front" in text and "| 0 (baseline) | UnetBlock-Transposed-d4-f64-64px" in text
+    assert "## Pareto front" in text and re.search(r"\| 0 \(baseline\) +\| UnetBlock-Transposed-d4-f64-64px", text)
     assert "| 1.00x " in text and " M " in text and "| +0.00 " in text  # rounded: speed-up, params in M, dB
     assert "Baseline (NectarGAN's default generator at this size, trial 0)" in text
-    assert "Best quality: `UnetBlock-Transposed-d3-f" in text and "than the baseline at" in text
-    assert "speed timed interleaved with the baseline's)" in text  # which speed-up the answer uses
     assert "The speed-up is the one the answer and the front plot use" in text
     assert "The time budget ended every complete trial (3)" in text
     assert "Device: cpu: " in text and "1-minute load average when timed" in text
     assert study.user_attrs["env"]["cpu_count"] >= 1 and study.user_attrs["budget"] == {"steps": None, "seconds": 1}
+    floor = Floor.from_dict(study.user_attrs["floor"])  # recorded by the driver, from the study's dataset
+    assert floor == trivial_floor(sample_dataset, 64)
+    best = study.trials[2]
+    spread = abs(baseline.user_attrs["val_psnr"] - repeat.user_attrs["val_psnr"])
+    assert "Trained with 2 seeds (trials 0, 1), the baseline reaches " in text
+    assert f"a spread of {spread:.2f} dB" in text and "## Baseline over seeds" in text
+    untrained = not floor.learned(baseline.user_attrs["val_psnr"]) and not floor.learned(best.user_attrs["val_psnr"])
+    assert ("ranks untrained generators and names no winner" in text) == untrained  # 1 s of training: untrained
+    if not untrained:
+        assert "Best quality: `UnetBlock-Transposed-d3-f" in text and "than the baseline at" in text
+    assert "## Floor" in text and f"| mean target | {floor.mean_psnr:.2f} " in text
+    assert " of 3 complete trials did not learn (did not beat the better trivial predictor" in text
     with open(report / "trials.csv", newline="") as handle:
         header = next(csv.reader(handle))
     assert len(header) == len(set(header)) and "value_val_psnr" in header and "val_psnr" in header
@@ -295,6 +314,20 @@ def test_duplicate_baseline_prunes_itself(tmp_path, sample_dataset):
     assert len(trials) == 2 and trials[1].state == optuna.trial.TrialState.PRUNED
     assert trials[1].user_attrs["reason"] == "duplicate baseline: trial 0 is this study's baseline"
     assert not (tmp_path / "out").exists()
+
+
+def test_the_baseline_and_its_repeats_are_enqueued_once_each_and_a_failed_one_again():
+    from studies.baseline import enqueue_baseline, repeat_of
+
+    config = parse_study_config("[study]\nbaseline_seeds = 3\n[space]\nfeatures = [4, 8]\n[fixed]\ninput_size = 64\n")
+    study = optuna.create_study()
+    assert enqueue_baseline(study, config) and not enqueue_baseline(study, config)  # all three wait: no more
+    roles = [(t.user_attrs.get("baseline"), repeat_of(t), t.state.name) for t in study.get_trials()]
+    assert roles == [(True, None, "WAITING"), (None, 1, "WAITING"), (None, 2, "WAITING")]
+    study.tell(study.ask(), 1.0)  # the baseline completes
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # repeat 1 fails (Ctrl-C, a lost worker)
+    assert enqueue_baseline(study, config) and not enqueue_baseline(study, config)
+    assert [repeat_of(t) for t in study.get_trials() if t.state.name == "WAITING"] == [2, 1]
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell by hand, as Ctrl-C leaves a trial
@@ -448,6 +481,7 @@ def test_dashboard_serves_the_study(tmp_path):
         ("[space]\nn_downs = [3]\n[fixed]\nn_downs = 3\n", r"n_downs is both searched"),
         ("[data]\ntask = 'edges'\n", r"\[data\]\.task = 'edges'"),
         ("[budget]\nsteps = 0\n", r"\[budget\]\.steps = 0 must be >= 1"),
+        ("[study]\nbaseline_seeds = 0\n", r"\[study\]\.baseline_seeds = 0 must be >= 1"),
         ("[space]\nblock_type = ['UnetBlock', 'ResBlock']\n",
          r"unknown name 'ResBlock'.*known: UnetBlock, ResidualUnetBlock"),
         ("[study\n", r"is not valid TOML"),
@@ -457,6 +491,23 @@ def test_bad_configs_are_one_line_errors(text, pattern):
     with pytest.raises(StudyConfigError, match=pattern) as info:
         parse_study_config(text, source="bad.toml")
     assert "\n" not in str(info.value)
+
+
+def test_a_bad_dataset_is_one_line_before_the_storage_is_written(tmp_path, sample_dataset, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dataset, data)
+    Image.new("RGB", (64, 64)).save(data / "val" / "square.png")  # not A|B side by side
+    storage = f"sqlite:///{tmp_path}/bad.db"
+    assert main(["study", _config(tmp_path, data, baseline=True), "--storage", storage, "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and "square.png is 64x64" in err and err.count("\n") == 0
+    assert optuna.get_all_study_summaries(open_storage(storage)) == []  # no study, no baseline enqueued
 
 
 def test_builtin_configs_parse():
@@ -633,6 +684,84 @@ def test_report_columns_importances_and_budget_warning(tmp_path):
     assert "| lr " in importances and "| n_downs " not in importances  # n_downs never varied
     assert "Left out (never varied): n_downs" in importances
     assert "were compared under a step budget" in text and "(10 to 160 img/s, 16.0x)" in text
+
+
+FLOOR = Floor(mean_psnr=14.0, mean_ssim=0.37, copy_psnr=4.0, copy_ssim=0.18, copy_note=None, size=64, val_images=20,
+              train_images=160)
+
+
+def _psnr_study(storage: str, name: str, psnrs: list[float], floor: Floor | None = FLOOR,
+               extra: dict[int, dict] | None = None) -> optuna.Study:
+    """Trial 0 the baseline, then searched trials, at these val PSNRs (``extra``: more user attributes by trial
+    number); the study's floor as the driver records it."""
+    trials = []
+    for i, psnr in enumerate(psnrs):
+        attrs = {"val_psnr": psnr, "val_ssim": 0.2, "infer_img_per_s": 100.0 * (i + 1), "images": 400,
+                 "infer_speedup_vs_baseline": float(i + 1),
+                 "budget_bound": "seconds", "variant": f"v{i}", **({"baseline": True} if i == 0 else {}),
+                 **(extra or {}).get(i, {})}
+        trials.append({"params": {"lr": 1e-4 * (i + 1)}, "values": [psnr, attrs["infer_img_per_s"]], "attrs": attrs})
+    study = _synthetic(storage, name, ["val_psnr", "infer_img_per_s"], trials, budget={"steps": None, "seconds": 4})
+    if floor is not None:
+        study.set_user_attr("floor", floor.to_dict())
+    return study
+
+
+def test_trials_below_the_floor_are_marked_and_counted_and_no_winner_is_named(tmp_path):
+    """Mean target 14 dB: a trial learned at 15 dB and above. Baseline 12.7, best 14.9: nothing learned."""
+    storage = f"sqlite:///{tmp_path}/floor.db"
+    _psnr_study(storage, "untrained", [12.7, 13.5, 14.9])
+    write_study_report(storage, "untrained", tmp_path / "u")
+    text = (tmp_path / "u" / "report.md").read_text()
+    answer = text.split("## Answer", 1)[1].split("##", 1)[0]
+    assert ("3 of 3 complete trials did not learn (did not beat the better trivial predictor, the mean target at "
+            "14.00 dB, by 1 dB): trials 0, 1, 2.") in answer
+    assert "ranks untrained generators and names no winner" in answer
+    assert "Best quality:" not in answer and "On the front" not in answer
+    floor_section = text.split("## Floor", 1)[1].split("##", 1)[0]
+    assert "| copy input  | 4.00 " in floor_section and "| mean target | 14.00 " in floor_section
+    assert "0 of 3 complete trials did, 3 did not" in floor_section
+    assert "| v2        | 14.90      | +2.20            | +0.90           | no  " in text  # the front's row
+    with open(tmp_path / "u" / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["learned"] for r in rows] == ["False"] * 3 and float(rows[2]["db_over_floor"]) == pytest.approx(0.9)
+
+    _psnr_study(storage, "one-learned", [12.7, 13.5, 15.5])  # 1.5 dB over the floor: it learned; the baseline not
+    write_study_report(storage, "one-learned", tmp_path / "l")
+    text = (tmp_path / "l" / "report.md").read_text()
+    assert "2 of 3 complete trials did not learn" in text and "trials 0, 1." in text
+    assert "Best quality: `v2` (trial 2) is 3.0x faster than the baseline at 2.8 dB higher PSNR" in text
+    assert "speed timed interleaved with the baseline's)" in text  # which speed-up the answer uses
+    assert "The baseline did not learn" in text
+    assert "trial 2 still has a lower SSIM than a trivial predictor's (0.370)" in text  # 0.2: a hint, still learned
+    assert "| v2        | 15.50      | +2.80            | +1.50           | yes " in text
+
+    _psnr_study(storage, "old", [12.7, 15.5], floor=None)  # predates the floor, its dataset unknown
+    write_study_report(storage, "old", tmp_path / "o")
+    text = (tmp_path / "o" / "report.md").read_text()
+    assert "The floor was not recorded (the study predates it) and its dataset was not found" in text
+    assert "Best quality: `v1` (trial 1)" in text
+
+
+def test_the_baselines_spread_over_seeds_decides_what_is_better(tmp_path):
+    """Baseline 15.2 dB, its repeats 15.0 and 15.6 (spread 0.6 dB): 15.5 dB is not better, 16.5 dB is."""
+    storage = f"sqlite:///{tmp_path}/seeds.db"
+    # trials 1 and 2 are the baseline's repeats, not searched trials; trial 3 the fastest within 0.5 dB
+    _psnr_study(storage, "seeds", [15.2, 15.0, 15.6, 15.5, 16.5], extra={
+        1: {"baseline_repeat": 1, "seed": 1}, 2: {"baseline_repeat": 2, "seed": 2},
+        3: {"infer_speedup_vs_baseline": 9.0}})
+    write_study_report(storage, "seeds", tmp_path / "s")
+    text = (tmp_path / "s" / "report.md").read_text()
+    assert ("Trained with 3 seeds (trials 0, 1, 2), the baseline reaches 15.00 to 15.60 dB PSNR, a spread of "
+            "0.60 dB") in text
+    assert "Best quality: `v4` (trial 4) is 5.0x faster than the baseline at 1.3 dB higher PSNR (beyond the " \
+           "baseline's seed spread of 0.60 dB)" in text
+    assert "`v3` (trial 3) is 9.0x faster than the baseline at 0.3 dB higher PSNR (within the baseline's seed " \
+           "spread of 0.60 dB: not better)" in text
+    assert "a trial with higher PSNR than the baseline by more than its seed spread (0.60 dB): yes" in text
+    seeds = text.split("## Baseline over seeds", 1)[1].split("##", 1)[0]
+    assert seeds.count("| yes ") == 3 and "over 0.60 dB" in seeds
+    assert "Over 2 searched trials; the baseline and its repeats are left out" in text
 
 
 @pytest.mark.parametrize(("change", "message"), [

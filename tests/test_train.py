@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from nectargan.data.floor import Floor, trivial_floor
 from nectargan.errors import NectarGANError
 from nectargan.losses import discriminator_loss, generator_losses
 from nectargan.metrics import image_metrics
@@ -63,6 +64,10 @@ def test_short_run_learns_and_writes_everything(sample_dataset, tmp_path):
 
     summary = fit(_config(sample_dataset, out, steps=100, eval_every=50, log_every=25), callbacks=[Recorder()])
     assert summary["val_l1"] < summary["initial_val_l1"]  # it learned something
+    floor = trivial_floor(sample_dataset, 64)  # the same dataset's trivial predictors, in the summary
+    assert Floor.from_dict(summary["floor"]) == floor and summary["floor"]["margin_db"] == 1.0
+    assert summary["db_over_floor"] == pytest.approx(summary["val_psnr"] - floor.best_psnr)
+    assert summary["learned"] == (summary["db_over_floor"] >= 1.0)
     assert summary["steps"] == 100 and summary["img_per_s"] > 0 and summary["device"] == "cpu"
     assert summary["precision"] == "fp32" and not summary["compile"]
 
@@ -218,3 +223,16 @@ def test_the_compiled_gan_step_is_three_graphs_without_breaks_or_recompiles(monk
     eager = losses(False)
     for a, b in zip(compiled, eager, strict=True):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+def test_train_command_prints_the_floor_and_whether_the_run_beat_it(sample_dataset, tmp_path, capsys):
+    from cli import main
+
+    assert main(["train", "--data", str(sample_dataset), "--out", str(tmp_path / "r"), "--input-size", "64",
+                 "--n-downs", "3", "--features", "4", "--d-features", "8", "--steps", "2", "--batch-size", "4",
+                 "--eval-every", "0", "--quiet"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    floor = trivial_floor(sample_dataset, 64)
+    assert f"floor: copy input {floor.copy_psnr:.2f} dB, mean target {floor.mean_psnr:.2f} dB; " in err
+    # two steps from random weights cannot beat a constant image by 1 dB
+    assert "did not learn: " in err and f"not 1 dB above the {floor.best}'s {floor.best_psnr:.2f} dB" in err

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nectargan.data.floor import LEARN_MARGIN_DB, Floor, trivial_floor
 from nectargan.data.paired import PairedImageDataset, PreloadedPairs
 from nectargan.errors import InvalidArgumentError, NectarGANError
 from nectargan.metrics import image_metrics
@@ -162,6 +163,10 @@ def evaluate(generator: torch.nn.Module, pairs: PreloadedPairs, run: Resolved, b
 def fit(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train G and D under ``config``; return a summary (also written to ``out/summary.json``).
 
+    The summary holds the dataset's floor (:func:`nectargan.data.floor.trivial_floor`, as ``floor``), the
+    dB by which the final val PSNR beats its better trivial predictor (``db_over_floor``) and whether that
+    is at least ``LEARN_MARGIN_DB`` (``learned``).
+
     ``callbacks``: objects with any of ``on_log(record)``, ``on_eval(record)``, ``on_end(summary)``, or
     plain functions ``f(event, payload)`` that receive every event; anything else is an
     :class:`InvalidArgumentError` before training starts.
@@ -209,6 +214,7 @@ class _Session:
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
     val_pairs: PreloadedPairs
     preload: bool
+    floor: Floor  # the trivial predictors this run's val PSNR must beat (nectargan.data.floor)
     counts_at_start: dict[str, int]  # torch._dynamo's counters before this run: its own breaks are the difference
     compile_counts: dict[str, int] = field(default_factory=dict)  # the counters after the warm-up steps
     written: list[Path] = field(default_factory=list)  # removed again if the run fails before its first step
@@ -245,10 +251,12 @@ def _prepare(config: TrainConfig, handlers: list[Handler]) -> _Session:
         )
     val_pairs = PairedImageDataset(config.data, "val", **data_kwargs).preload(run.device)
     preload = _should_preload(train_set, run, config.preload)
+    floor = trivial_floor(config.data, generator.input_size, config.direction, generator.in_channels,
+                          generator.out_channels)  # cached in the dataset folder: computed once per dataset
     return _Session(
         config=config, run=run, handlers=handlers, out=out, generator=generator, discriminator=discriminator,
         step_fn=Pix2PixStep(generator, discriminator, config, run), batches=_batches(train_set, config, run, preload),
-        val_pairs=val_pairs, preload=preload, counts_at_start=counts_at_start,
+        val_pairs=val_pairs, preload=preload, floor=floor, counts_at_start=counts_at_start,
     )
 
 
@@ -367,6 +375,7 @@ def _summary(session: _Session, last: dict[str, Any], **extra: Any) -> dict[str,
     train_seconds = time.perf_counter() - session.start
     after = dynamo_counts()
     compile_counts = session.compile_counts
+    psnr = last.get("val_psnr")
     return {
         "steps": step,
         "images": step * batch_size,
@@ -374,6 +383,9 @@ def _summary(session: _Session, last: dict[str, Any], **extra: Any) -> dict[str,
         "img_per_s": step * batch_size / max(train_seconds, 1e-9),
         "initial_val_l1": session.initial.get("val_l1"),
         **{k: last.get(k) for k in ("val_l1", "val_psnr", "val_ssim")},
+        "floor": session.floor.to_dict(),
+        "db_over_floor": session.floor.margin(psnr),
+        "learned": session.floor.learned(psnr, LEARN_MARGIN_DB),
         "device": str(run.device),
         "precision": run.precision,
         "channels_last": run.channels_last,
