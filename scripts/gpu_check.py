@@ -70,8 +70,8 @@ PART2 = [
     Phase("trainer", 100, "the trainer's fast path: 60 steps of nectargan-bench train (compile, bf16, channels_last)",
           command=["-m", "cli", "train", "--data", "{DATA}", "--out", "{OUT}/trainer", "--steps", "60",
                    "--batch-size", "16", "--eval-every", "0", "{SIZE}"]),  # after the dataset (see run_phase)
-    Phase("study", 110, "a 2-trial smoke study", command=["-m", "cli", "study", "smoke", "--storage",
-                                                          "sqlite:///{OUT}/study.db", "--n-trials", "2"]),
+    Phase("study", 110, "a 2-trial smoke study (the baseline, then its repeat with another seed)",
+          command=["-m", "cli", "study", "smoke", "--storage", "sqlite:///{OUT}/study.db", "--n-trials", "2"]),
     Phase("compile-matrix", 230, "4 precisions x 2 layouts x infer/train, compile beside eager",
           grid="reference-gpu-layouts"),
 ]

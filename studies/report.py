@@ -37,9 +37,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nectargan.data.floor import COPY, LEARN_MARGIN_DB, MEAN, Floor
 from nectargan.errors import NectarGANError
-from studies.answer import TOLERANCE_DB, Answer, analyse, learned, number, row_extras, speedup
+from studies.answer import TOLERANCE_DB, Answer, analyse, learned, number, row_extras
 from studies.baseline import is_baseline, is_reference, repeat_of
 from studies.config import TRAIN_PARAMS
+from studies.plots import first_target, objective_names, searched_study, varying_params, write_plots
 from studies.storage import StorageError, artifact_store, open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -60,11 +61,6 @@ def load(storage_url: str, name: str) -> optuna.Study:
     except Exception as exc:  # sqlalchemy's errors for a file that is not an Optuna database
         raise StorageError(f"storage {storage_url!r} holds no Optuna studies: {type(exc).__name__}: "
                            f"{' '.join(str(exc).split())[:200]}") from None
-
-
-def objective_names(study: optuna.Study) -> list[str]:
-    names = study.user_attrs.get("objectives")
-    return list(names) if names else [f"objective_{i}" for i in range(len(study.directions))]
 
 
 def _cell(value: Any) -> Any:
@@ -225,7 +221,7 @@ def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
     if grid is not None or notes:
         lines += ["## Images", "", *([f"![grid]({grid.name})", ""] if grid else []),
                   *[f"- {note}" for note in notes], ""]
-    plots = _plots(study, answer, out)
+    plots = write_plots(study, answer, out)
     if plots:
         lines += ["## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -294,7 +290,7 @@ def _device_note(answer: Answer) -> list[str]:
 def _importances(study: optuna.Study, answer: Answer) -> list[str]:
     """Importances over the searched trials (not the baseline) and the parameters that varied."""
     searched = [t for t in answer.complete if not is_reference(t)]
-    varying = _varying(searched)
+    varying = varying_params(searched)
     if len(searched) < 2:
         return []
     if not varying:
@@ -306,7 +302,7 @@ def _importances(study: optuna.Study, answer: Answer) -> list[str]:
     constant = sorted({k for t in searched for k in t.params} - set(varying))
     left_out = f" Left out (never varied): {', '.join(constant)}." if constant else ""
     try:
-        importances = _param_importances(_searched_study(study, searched), varying)
+        importances = _param_importances(searched_study(study, searched), varying)
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
         return ["## Parameter importances", "", f"_not available: {exc}_", ""]
     return ["## Parameter importances (Optuna's default evaluator, first objective)", "",
@@ -314,32 +310,10 @@ def _importances(study: optuna.Study, answer: Answer) -> list[str]:
             _table([{"parameter": k, "importance": v} for k, v in importances.items()]), ""]
 
 
-def _varying(trials: list[FrozenTrial]) -> list[str]:
-    names: list[str] = []
-    for trial in trials:
-        names += [k for k in trial.params if k not in names]
-    return [k for k in names if all(k in t.params for t in trials)
-            and len({json.dumps(t.params[k]) for t in trials}) > 1]
-
-
-def _searched_study(study: optuna.Study, searched: list[FrozenTrial]) -> optuna.Study:
-    copy = optuna.create_study(directions=study.directions)
-    copy.add_trials(searched)
-    return copy
-
-
 def _param_importances(study: optuna.Study, params: list[str]) -> dict[str, float]:
-    with warnings.catch_warnings():  # the target is already sign-corrected (see _first_target)
+    with warnings.catch_warnings():  # the target is already sign-corrected (see studies.plots.first_target)
         warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator", category=UserWarning)
-        return optuna.importance.get_param_importances(study, target=_first_target(study), params=params)
-
-
-def _first_target(study: optuna.Study):
-    """None for one objective; else the first objective, negated when maximised (the evaluator minimises)."""
-    if len(study.directions) == 1:
-        return None
-    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return lambda t: sign * t.values[0]
+        return optuna.importance.get_param_importances(study, target=first_target(study), params=params)
 
 
 def _grid(study: optuna.Study, storage_url: str, answer: Answer, out: Path) -> tuple[Path | None, list[str]]:
@@ -383,84 +357,3 @@ def _upload(study: optuna.Study, storage_url: str, path: Path) -> None:
     study.set_user_attr("grid_sha256", digest)
 
 
-def _plots(study: optuna.Study, answer: Answer, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    if not answer.complete:
-        return []
-    names = objective_names(study)
-    jobs = [("pareto_front", lambda: _front_plot(answer))]
-    if len(study.directions) == 1:
-        jobs.append(("history", lambda: ovm.plot_optimization_history(study, target_name=names[0])))
-    else:
-        jobs.append(("history", lambda: ovm.plot_optimization_history(
-            study, target=lambda t: t.values[0], target_name=names[0])))
-    searched = [t for t in answer.complete if not is_reference(t)]
-    varying = _varying(searched)
-    if len(searched) >= 2 and varying:
-        jobs.append(("importances", lambda: ovm.plot_param_importances(
-            _searched_study(study, searched), params=varying, target=_first_target(study), target_name=names[0])))
-    written = []
-    for stem, make in jobs:
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator", category=UserWarning)
-                axes = make()
-        except (ValueError, RuntimeError, ZeroDivisionError):
-            continue
-        if axes is None:
-            continue
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figure.set_size_inches(7, 4.5)
-        figure.tight_layout()
-        path = out / f"{stem}.png"
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        written.append(path)
-    return written
-
-
-def _front_plot(answer: Answer):
-    """Val PSNR against measured speed: every complete trial, the front joined, the baseline a star. The speed
-    is the answer's: the speed-up over the baseline (timed interleaved with it in each trial) when there is a
-    baseline, else absolute img/s."""
-    import matplotlib.pyplot as plt
-
-    relative = answer.baseline is not None
-    points = [(t, speedup(t, answer.baseline) if relative else number(t, "infer_img_per_s"), number(t, "val_psnr"))
-              for t in answer.complete]
-    points = [(t, s, q) for t, s, q in points if s is not None and q is not None]
-    if not points:
-        return None
-    _figure, axes = plt.subplots()
-    front = {t.number for t in answer.front}
-    others = [(s, q) for t, s, q in points if t.number not in front and not is_reference(t)]
-    if others:
-        axes.scatter(*zip(*others, strict=True), color="0.65", s=18, label="trials")
-    repeats = [(s, q) for t, s, q in points if repeat_of(t) is not None]
-    if repeats:
-        axes.scatter(*zip(*repeats, strict=True), marker="x", color="tab:red", s=40, label="baseline, other seeds")
-    on_front = sorted(((s, q, t) for t, s, q in points if t.number in front), key=lambda p: p[0])
-    if on_front:
-        axes.plot([p[0] for p in on_front], [p[1] for p in on_front], "o-", color="tab:blue", label="front")
-        for s, q, t in on_front:
-            axes.annotate(str(t.number), (s, q), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    if answer.baseline is not None:
-        s, q = 1.0, number(answer.baseline, "val_psnr")
-        if s is not None and q is not None:
-            axes.scatter([s], [q], marker="*", s=220, color="tab:red", zorder=5,
-                         label=f"baseline (NectarGAN default, trial {answer.baseline.number})")
-            shown = axes.get_ylim()  # the points' range: the line is drawn where it falls in it, never stretches it
-            axes.axhline(q - TOLERANCE_DB, color="tab:red", lw=0.6, ls=":", label=f"baseline - {TOLERANCE_DB} dB")
-            axes.set_ylim(shown)
-    axes.set_xscale("log")
-    axes.set_xlabel("inference speed-up over the baseline (timed interleaved with it; log)" if relative
-                    else "inference img/s (measured after training; log)")
-    axes.set_ylabel("val PSNR (dB)")
-    axes.set_title("Quality against measured speed")
-    axes.legend(fontsize=7, loc="best")
-    return axes

@@ -1,0 +1,124 @@
+"""The study report's plots: Optuna's optimisation history and parameter importances, and the quality
+against measured speed of every trial with the front and the baseline."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from studies.answer import TOLERANCE_DB, Answer, number, speedup
+from studies.baseline import is_reference, repeat_of
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    names = study.user_attrs.get("objectives")
+    return list(names) if names else [f"objective_{i}" for i in range(len(study.directions))]
+
+
+def varying_params(trials: list[FrozenTrial]) -> list[str]:
+    names: list[str] = []
+    for trial in trials:
+        names += [k for k in trial.params if k not in names]
+    return [k for k in names if all(k in t.params for t in trials)
+            and len({json.dumps(t.params[k]) for t in trials}) > 1]
+
+
+def searched_study(study: optuna.Study, searched: list[FrozenTrial]) -> optuna.Study:
+    copy = optuna.create_study(directions=study.directions)
+    copy.add_trials(searched)
+    return copy
+
+
+def first_target(study: optuna.Study):
+    """None for one objective; else the first objective, negated when maximised (the evaluator minimises)."""
+    if len(study.directions) == 1:
+        return None
+    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return lambda t: sign * t.values[0]
+
+
+def write_plots(study: optuna.Study, answer: Answer, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    if not answer.complete:
+        return []
+    names = objective_names(study)
+    jobs = [("pareto_front", lambda: front_plot(answer))]
+    if len(study.directions) == 1:
+        jobs.append(("history", lambda: ovm.plot_optimization_history(study, target_name=names[0])))
+    else:
+        jobs.append(("history", lambda: ovm.plot_optimization_history(
+            study, target=lambda t: t.values[0], target_name=names[0])))
+    searched = [t for t in answer.complete if not is_reference(t)]
+    varying = varying_params(searched)
+    if len(searched) >= 2 and varying:
+        jobs.append(("importances", lambda: ovm.plot_param_importances(
+            searched_study(study, searched), params=varying, target=first_target(study), target_name=names[0])))
+    written = []
+    for stem, make in jobs:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator", category=UserWarning)
+                axes = make()
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue
+        if axes is None:
+            continue
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_size_inches(7, 4.5)
+        figure.tight_layout()
+        path = out / f"{stem}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def front_plot(answer: Answer):
+    """Val PSNR against measured speed: every complete trial, the front joined, the baseline a star. The speed
+    is the answer's: the speed-up over the baseline (timed interleaved with it in each trial) when there is a
+    baseline, else absolute img/s."""
+    import matplotlib.pyplot as plt
+
+    relative = answer.baseline is not None
+    points = [(t, speedup(t, answer.baseline) if relative else number(t, "infer_img_per_s"), number(t, "val_psnr"))
+              for t in answer.complete]
+    points = [(t, s, q) for t, s, q in points if s is not None and q is not None]
+    if not points:
+        return None
+    _figure, axes = plt.subplots()
+    front = {t.number for t in answer.front}
+    others = [(s, q) for t, s, q in points if t.number not in front and not is_reference(t)]
+    if others:
+        axes.scatter(*zip(*others, strict=True), color="0.65", s=18, label="trials")
+    repeats = [(s, q) for t, s, q in points if repeat_of(t) is not None]
+    if repeats:
+        axes.scatter(*zip(*repeats, strict=True), marker="x", color="tab:red", s=40, label="baseline, other seeds")
+    on_front = sorted(((s, q, t) for t, s, q in points if t.number in front), key=lambda p: p[0])
+    if on_front:
+        axes.plot([p[0] for p in on_front], [p[1] for p in on_front], "o-", color="tab:blue", label="front")
+        for s, q, t in on_front:
+            axes.annotate(str(t.number), (s, q), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if answer.baseline is not None:
+        s, q = 1.0, number(answer.baseline, "val_psnr")
+        if s is not None and q is not None:
+            axes.scatter([s], [q], marker="*", s=220, color="tab:red", zorder=5,
+                         label=f"baseline (NectarGAN default, trial {answer.baseline.number})")
+            shown = axes.get_ylim()  # the points' range: the line is drawn where it falls in it, never stretches it
+            axes.axhline(q - TOLERANCE_DB, color="tab:red", lw=0.6, ls=":", label=f"baseline - {TOLERANCE_DB} dB")
+            axes.set_ylim(shown)
+    axes.set_xscale("log")
+    axes.set_xlabel("inference speed-up over the baseline (timed interleaved with it; log)" if relative
+                    else "inference img/s (measured after training; log)")
+    axes.set_ylabel("val PSNR (dB)")
+    axes.set_title("Quality against measured speed")
+    axes.legend(fontsize=7, loc="best")
+    return axes
