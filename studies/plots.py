@@ -4,12 +4,14 @@ against measured speed of every trial with the front and the baseline."""
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial
 
+from nectargan.data.floor import LEARN_MARGIN_DB
 from studies.answer import TOLERANCE_DB, Answer, number, speedup
 from studies.baseline import is_reference, repeat_of
 
@@ -115,6 +117,14 @@ def front_plot(answer: Answer):
             shown = axes.get_ylim()  # the points' range: the line is drawn where it falls in it, never stretches it
             axes.axhline(q - TOLERANCE_DB, color="tab:red", lw=0.6, ls=":", label=f"baseline - {TOLERANCE_DB} dB")
             axes.set_ylim(shown)
+    if answer.floor is not None and math.isfinite(answer.floor.best_psnr):
+        # drawn even when every point is far below it: that is the study's news (nothing learned)
+        line = answer.floor.best_psnr + LEARN_MARGIN_DB
+        low, high = axes.get_ylim()
+        axes.axhline(line, color="0.3", lw=0.8, ls="--",
+                     label=f"learned above this (the {answer.floor.best} floor + {LEARN_MARGIN_DB:g} dB)")
+        low, high = min(low, line), max(high, line)
+        axes.set_ylim(low - 0.06 * (high - low), high + 0.06 * (high - low))
     axes.set_xscale("log")
     axes.set_xlabel("inference speed-up over the baseline (timed interleaved with it; log)" if relative
                     else "inference img/s (measured after training; log)")
