@@ -128,14 +128,16 @@ RAY_ADDRESS = "127.0.0.1:6388"  # NECTARGAN_RAY_PORT's default in the script
 RAY_NODE2 = "ray-node-2"  # the second Ray node's hostname (its own UTS namespace)
 SLURM = ["--executor", "slurm", "--partition", "debug"]
 BENCH = str(Path(sys.executable).with_name("nectargan-bench"))
-# 12 variants at 64 px, 6 per shard: about a second each to profile, so a shard held after its first row still
-# has seconds of work left when a requeue or a cancel reaches it (the test cluster kills 2 s after SIGTERM)
-GRID12 = """
+# 48 small variants, 24 per shard: a quarter of a second each to profile on an idle 2-core machine, so a shard
+# held after its first row still has several seconds of work left when a requeue or a cancel reaches it (the
+# test cluster kills 2 s after SIGTERM, and Slurm's own SIGCONT resumes a held shard meanwhile)
+GRID48 = """
 [grid]
 n_downs = [3, 4]
 features = [4, 8, 16]
+block_type = ["UnetBlock", "ResidualUnetBlock"]
 upconv_type = ["Transposed", "Bilinear"]
-input_size = [64]
+input_size = [64, 128]
 """
 
 
@@ -255,17 +257,17 @@ def test_a_sweep_as_a_slurm_job_array_merges_to_the_local_rows(tmp_path, capsys,
 
 @pytest.mark.cluster
 def test_detach_collect_while_running_cancel_and_resume_only_that_shard(tmp_path, capsys, test_cluster):
-    grid = str(tmp_path / "g12.toml")
-    Path(grid).write_text(GRID12)
+    grid = str(tmp_path / "g48.toml")
+    Path(grid).write_text(GRID48)
     run = tmp_path / "run"
     code, err = _run(["sweep", grid, "--static-only", *SLURM, "--shards", "2", "--detach", "--out", run], capsys)
     assert code == 0 and "Submitted 2 shard job(s) of 2 to Slurm" in err, err
     first, second = _jobs(run)["1"][0], _jobs(run)["2"][0]
-    pid = _hold_after_first_row(run / "shards" / "shard1of2", 6)
+    pid = _hold_after_first_row(run / "shards" / "shard1of2", 24)
     try:
         code, err = _run(["collect", run], capsys)
         assert code == 1, err
-        assert re.search(rf"shard 1: [1-5]/6 variants, job {first} RUNNING", err), err  # sacct's own state
+        assert re.search(rf"shard 1: ([1-9]|1[0-9]|2[0-3])/24 variants, job {first} RUNNING", err), err  # sacct's
         subprocess.run(["scancel", first], check=True, timeout=30)
     finally:
         os.kill(pid, signal.SIGCONT)  # Slurm sends SIGCONT and SIGTERM too; SIGKILL 2 s later
@@ -273,19 +275,19 @@ def test_detach_collect_while_running_cancel_and_resume_only_that_shard(tmp_path
     _completed(second)
     code, err = _run(["collect", run], capsys)
     assert code == 1, err
-    unfinished = re.search(r"1 shard\(s\) unfinished \(shard 1: ([0-9])/6 variants, job (\S+) CANCELLED", err)
+    unfinished = re.search(r"1 shard\(s\) unfinished \(shard 1: ([0-9]+)/24 variants, job (\S+) CANCELLED", err)
     assert unfinished and unfinished.group(2) == first, err
-    assert int(unfinished.group(1)) < 6
+    assert int(unfinished.group(1)) < 24
 
     code, err = _run(["sweep", grid, "--static-only", *SLURM, "--resume", "--out", run, "-q"], capsys)
     assert code == 0, err
-    assert "12 variants in 2 Slurm shards (1 submitted), 12 finished; rows: 12 ok" in err
+    assert "48 variants in 2 Slurm shards (1 submitted), 48 finished; rows: 48 ok" in err
     jobs = _jobs(run)
     assert len(jobs["1"]) == 2 and jobs["2"] == [second]  # only the cancelled shard ran again
     _completed(jobs["1"][1])
     code, err = _run(["collect", run], capsys)
-    assert code == 0 and "12 of 12 variants finished in 2 shards; rows: 12 ok" in err, err
-    assert len(_rows(run)) == 12
+    assert code == 0 and "48 of 48 variants finished in 2 shards; rows: 48 ok" in err, err
+    assert len(_rows(run)) == 48
 
 
 @pytest.mark.cluster
@@ -295,15 +297,15 @@ def test_a_requeued_task_runs_again_and_a_cancelled_one_is_not_resubmitted(tmp_p
     reported by its sacct state and not submitted again."""
     from bench.executors import slurm as slurm_engine
 
-    grid = tmp_path / "g12.toml"
-    grid.write_text(GRID12)
+    grid = tmp_path / "g48.toml"
+    grid.write_text(GRID48)
     run = tmp_path / "run"
     driver = subprocess.Popen([BENCH, "sweep", str(grid), "--static-only", *SLURM, "--shards", "2", "--out", str(run)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         _poll(lambda: (run / "executor.json").is_file() and len(_jobs(run)) == 2, "both shards submitted")
         requeued, cancelled = _jobs(run)["1"][0], _jobs(run)["2"][0]
-        held = [_hold_after_first_row(run / "shards" / f"shard{i}of2", 6) for i in (1, 2)]
+        held = [_hold_after_first_row(run / "shards" / f"shard{i}of2", 24) for i in (1, 2)]
         subprocess.run(["scontrol", "requeue", requeued], check=True, timeout=30)
         subprocess.run(["scancel", cancelled], check=True, timeout=30)
         for pid in held:
@@ -322,9 +324,9 @@ def test_a_requeued_task_runs_again_and_a_cancelled_one_is_not_resubmitted(tmp_p
     _completed(requeued)
     assert "REQUEUED" in _sacct(requeued, duplicates=True)  # its first run, then the one that completed
     shard1 = run / "shards" / "shard1of2"
-    assert len(_rows(shard1)) == 6  # the requeued run resumed its shard: each row once
+    assert len(_rows(shard1)) == 24  # the requeued run resumed its shard: each row once
     assert len(json.loads((shard1 / "env.json").read_text()).get("resumes", [])) == 1
-    assert len(_rows(run)) < 12 and all(r["status"] == "ok" for r in _rows(run).values())
+    assert len(_rows(run)) < 48 and all(r["status"] == "ok" for r in _rows(run).values())
     # the progress line's job states are the engine's
     line = slurm_engine.jobs_line("slurm", run / "submitit", [requeued, cancelled])
     assert line == "jobs: 1 done, 1 cancelled"
