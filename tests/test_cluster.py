@@ -376,9 +376,9 @@ def test_study_workers_as_slurm_jobs_end_with_n_trials_after_one_job_is_cancelle
         driver.join(timeout=5)
 
 
-def _cancel_a_running_trials_job(name: str, driver: threading.Thread, url: str) -> tuple[int, str]:
-    """scancel the Slurm job of the first trial seen RUNNING (mid-training): the trial's number and the job. The
-    job is found from its worker's PID (Slurm's variables in its environment: the node is this machine)."""
+def _first_running_trial(name: str, driver: threading.Thread, url: str, timeout: float):
+    """The first trial seen RUNNING mid-training (its worker recorded where it runs). The storage is opened as
+    the harness opens it (under the schema lock): the driver may be creating the schema."""
     storage = open_storage(url)
 
     def running():
@@ -390,7 +390,13 @@ def _cancel_a_running_trials_job(name: str, driver: threading.Thread, url: str) 
         return next((t for t in trials if t.state == optuna.trial.TrialState.RUNNING
                      and "params" in t.user_attrs and "ran_on" in t.user_attrs), None)
 
-    trial = _poll(running, "a trial running", timeout=180)
+    return _poll(running, "a trial running", timeout=timeout)
+
+
+def _cancel_a_running_trials_job(name: str, driver: threading.Thread, url: str) -> tuple[int, str]:
+    """scancel the Slurm job of the first trial seen RUNNING (mid-training): the trial's number and the job. The
+    job is found from its worker's PID (Slurm's variables in its environment: the node is this machine)."""
+    trial = _first_running_trial(name, driver, url, timeout=180)
     pid = int(trial.user_attrs["ran_on"]["pid"])
     environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
     array = environ.get("SLURM_ARRAY_JOB_ID")  # scancel wants an array task by its array name, not its own id
@@ -477,20 +483,8 @@ def test_study_workers_on_ray_end_with_n_trials_after_one_is_killed(tmp_path, sa
 
 
 def _kill_a_running_trial(name: str, driver: threading.Thread, url: str) -> int:
-    """SIGKILL the worker process of the first trial seen RUNNING (mid-training); its number. The storage
-    is opened as the harness opens it (under the schema lock): the driver may be creating the schema."""
-    storage = open_storage(url)
-
-    def running():
-        assert driver.is_alive(), "the study ended before a trial was seen running"
-        try:
-            trials = optuna.load_study(study_name=name, storage=storage).trials
-        except KeyError:
-            return None
-        return next((t for t in trials if t.state == optuna.trial.TrialState.RUNNING
-                     and "params" in t.user_attrs and "ran_on" in t.user_attrs), None)
-
-    trial = _poll(running, "a trial running", timeout=120)
+    """SIGKILL the worker process of the first trial seen RUNNING (mid-training); its number."""
+    trial = _first_running_trial(name, driver, url, timeout=120)
     os.kill(int(trial.user_attrs["ran_on"]["pid"]), signal.SIGKILL)
     return trial.number
 
