@@ -35,6 +35,7 @@ def run_sweep(grid: Grid, options: MeasureOptions | None, executor: ExecutorConf
     if executor.remote and shard is not None:
         raise NectarGANError(f"shard {shard[0]}/{shard[1]} with executor {executor.kind!r}: the executor splits the "
                              "grid itself; drop the shard (or set shards in [executor] for Slurm)")
+    slurm = engine("slurm") if executor.kind == "slurm" else None  # a missing extra is one line, now
     plan: SweepPlan | None = None
     if executor.kind == "ray":
         plan = engine("ray").RayPlan(options, executor)
@@ -42,15 +43,13 @@ def run_sweep(grid: Grid, options: MeasureOptions | None, executor: ExecutorConf
         plan = plan_for(options)
     if plan is not None:
         plan.devices()  # connect, and check the devices (a cluster's GPUs), before anything is written
-    else:
-        engine("slurm")  # the extra is installed
     if resume and out is None:
         raise NectarGANError("--resume needs --out: the run folder to continue")
     directory = out if out is not None else default_out_dir(grid, shard)
     if progress is not None and progress.folder:
         progress.folder(directory)
-    if plan is None:
-        return engine("slurm").sweep(grid, directory, options, executor, resume, command, progress)
+    if slurm is not None:
+        return slurm.sweep(grid, directory, options, executor, resume, command, progress)
     result = run_plan(grid, directory, plan, resume, shard, progress, command)
     result.written = write_run_reports(directory, grid.name)
     return result
