@@ -39,9 +39,9 @@ def dataset(
     count: Annotated[int, typer.Option(help="Number of pairs, split 80/10/10.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
 ) -> None:
-    """Build a pix2pix-format dataset from scikit-image's bundled photos (no download).
+    """Build a pix2pix-format dataset from the colour photos installed with scikit-image and matplotlib (no download).
 
-    Example: nectargan-bench dataset --task edges2photo --out data/edges64 --size 64 --count 200
+    Example: nectargan-bench dataset --task denoise --out data/denoise64 --size 64 --count 400
     """
     from nectargan.data.samples import build_sample_dataset
 
@@ -97,7 +97,7 @@ def train(
 
     Give a budget: --steps and/or --seconds (whichever ends first).
 
-    Example: nectargan-bench train --data data/edges64 --input-size 64 --n-downs 3 --steps 500 --out runs/t64
+    Example: nectargan-bench train --data data/denoise64 --input-size 64 --n-downs 3 --steps 500 --out runs/t64
     """
     from nectargan.train import fit
 

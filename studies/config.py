@@ -85,7 +85,7 @@ class StudyConfig:
     pruner: str = "median"
     seed: int = 0
     n_trials: int = 6
-    data_path: str = "results/data/edges2photo-64"
+    data_path: str = "results/data/denoise-64"
     data_task: str | None = None
     data_size: int = 64
     data_count: int = 200
