@@ -1,4 +1,4 @@
-"""Commands of the search: ``study``, ``study-report`` and ``dashboard``."""
+"""Commands of the search: ``study``, ``study-validate``, ``study-report`` and ``dashboard``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.options import EXECUTOR_FLAGS, Quiet, executor_settings, with_flags
-from cli.progress import ProgressBar, stderr
+from cli.progress import ProgressBar, sigterm_as_interrupt, stderr
 from nectargan.errors import NectarGANError
 from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S
 
@@ -94,6 +94,86 @@ def study_report(
         stderr.print(f"Image grid: {grid}", highlight=False, soft_wrap=True)
 
 
+def study_validate(
+    storage: Annotated[str, typer.Argument(help="The study's storage URL.")],
+    study_name: Annotated[str, typer.Option("--study", help="Study name.")],
+    factor: Annotated[float, typer.Option(help="Times the study's budget each chosen trial trains.")] = 10.0,
+    trials: Annotated[int, typer.Option(help="Trials to retrain: the baseline, the front, then random ones.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the random choice of trials.")] = 0,
+    config: Annotated[str | None, typer.Option(help="The study's TOML (default: the one it recorded).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for the long runs' training folders (default: results/studies/<name>/validate-<k>x).")
+    ] = None,
+    again: Annotated[bool, typer.Option("--again", help="Retrain trials already validated at this factor.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Does a short trial rank like a long one? Retrain some trials for k x the budget; Kendall's tau, Spearman's rho.
+
+    Each long run is stored in the study as it ends (a second call resumes); study-report then writes the
+    section "Does a short trial rank like a long one?" with its table and plot.
+
+    Example: nectargan-bench study-validate sqlite:///results/studies.db --study default --factor 10 --trials 8
+    """
+    from studies.report import load
+    from studies.validate import plan_validation, validate_study
+
+    study_obj = load(storage, study_name)
+    plan = plan_validation(study_obj, config, factor=factor, n_trials=trials, seed=seed, out_root=out, again=again)
+    each = " and ".join(x for x in (f"{plan.seconds:g} s" if plan.seconds else "",
+                                    f"{plan.steps} steps" if plan.steps else "") if x)
+    numbers = ", ".join(str(t.number) for t in plan.chosen)
+    stderr.print(f"Validating study {study_name!r}: trials {numbers}; {len(plan.to_train)} to train for {each} each "
+                 f"({factor:g}x the study's budget), one after another"
+                 + (f", about {len(plan.to_train) * plan.seconds / 60:.0f} min" if plan.seconds else "") + ".",
+                 highlight=False, soft_wrap=True)
+    bar = ProgressBar("long runs", quiet=quiet)
+    bar.start(len(plan.to_train))
+
+    def on_trial(done: int, trial) -> None:
+        bar.update(completed=done, status="" if trial is None else f"trial {trial.number}")
+
+    try:
+        with sigterm_as_interrupt():
+            validation = validate_study(plan, on_trial=on_trial)
+    except KeyboardInterrupt:
+        bar.stop()
+        stderr.print("Interrupted: the long runs that ended are stored in the study; run the same command again "
+                     "to train the rest.", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    finally:
+        bar.stop()
+    _print_validation(validation, plan.out_root, storage, study_name)
+
+
+def _print_validation(validation, out_root: Path, storage: str, study_name: str) -> None:
+    from rich.table import Table
+
+    from studies.ranking import MIN_JUDGED, TAU_GOAL
+
+    short_ranks, long_ranks = validation.short_ranks(), validation.long_ranks()
+    table = Table("trial", "variant", "short PSNR", "long PSNR", "short rank", "long rank")
+    for run in validation.runs:
+        long = "failed" if run.long_psnr is None else f"{run.long_psnr:.2f}"
+        ranks = [f"{r[run.trial]:g}" if run.trial in r else "-" for r in (short_ranks, long_ranks)]
+        table.add_row(str(run.trial) + (" (baseline)" if run.baseline else ""), run.variant, f"{run.short_psnr:.2f}",
+                      long, *ranks)
+    stderr.print(table)
+    if validation.tau is None:
+        verdict = "no rank correlation: fewer than 3 long runs with distinct PSNR"
+    else:
+        rho = "?" if validation.rho is None else f"{validation.rho:.2f}"
+        if validation.ranks_hold is None:
+            judged = f"too few trials to judge the budget by (at least {MIN_JUDGED})"
+        elif validation.ranks_hold:
+            judged = "the short budget ranks like the long one"
+        else:
+            judged = f"the budget is too short to rank these generators (goal tau >= {TAU_GOAL:g})"
+        verdict = (f"Kendall's tau {validation.tau:.2f}, Spearman's rho {rho} over {len(validation.ranked)} trials: "
+                   f"{judged}")
+    stderr.print(f"{verdict}. Long runs in {out_root}; the report: nectargan-bench study-report {storage} --study "
+                 f"{study_name} --out FOLDER", highlight=False, soft_wrap=True)
+
+
 def _port(value: int) -> int:
     if not 1 <= value <= 65535:
         raise typer.BadParameter(f"{value} is not a port: use 1 to 65535")
@@ -123,4 +203,4 @@ def dashboard(
     optuna_dashboard.run_server(opened, host=host, port=port, artifact_store=store)
 
 
-COMMANDS = {"study": study, "study-report": study_report, "dashboard": dashboard}
+COMMANDS = {"study": study, "study-validate": study_validate, "study-report": study_report, "dashboard": dashboard}

@@ -10,7 +10,11 @@ has several objectives, else the trials no other trial beats on both PSNR and sp
 Every complete trial is also held against the study's floor (:mod:`studies.floor`): a trial whose val
 PSNR does not beat the better trivial predictor (copy the input, the mean training target) by
 ``LEARN_MARGIN_DB`` did not learn. The answer counts those; when the baseline and the best trial did
-not learn, it says the ranking is of untrained generators and names no winner. Nothing here measures
+not learn, it says the ranking is of untrained generators and names no winner.
+
+When ``study-validate`` has retrained some trials for longer (:mod:`studies.ranking`), the answer reads
+their rank agreement: below ``TAU_GOAL`` its first sentence says the budget is too short to rank these
+generators and it names no winner; otherwise it says the order holds. Nothing here measures
 anything: it only reads trials (and, for a study that predates the floor, its dataset).
 """
 
@@ -26,9 +30,11 @@ from optuna.trial import FrozenTrial, TrialState
 from nectargan.data.floor import LEARN_MARGIN_DB, Floor
 from studies.baseline import is_baseline, is_reference, repeat_of
 from studies.floor import floor_of
+from studies.ranking import MIN_JUDGED, TAU_GOAL, Validation, read_validation
 
 TOLERANCE_DB = 0.5  # "as good as the baseline" for the fastest-trial question
 GOAL_SPEEDUP = 2.0
+BUSY_EXTRA_LOAD = 1.0  # load average beyond the CPU count (the study's own threads) that makes a machine busy
 SPEED_SPREAD_WARNING = 2.0  # train img/s max/min above which a step budget is called unfair
 
 
@@ -50,6 +56,8 @@ class Answer:
     untrained: bool = False  # the baseline and the best trial did not learn: no winner is named
     baseline_runs: list[FrozenTrial] = field(default_factory=list)  # the baseline and its complete repeats
     spread_db: float | None = None  # their PSNR's max - min: "better than the baseline" needs more than it
+    validation: Validation | None = None  # study-validate's long runs and their rank agreement
+    too_short: bool = False  # the long runs do not rank like the short ones: no winner is named
 
 
 def number(trial: FrozenTrial, key: str) -> float | None:
@@ -122,6 +130,10 @@ def analyse(study: optuna.Study) -> Answer:
             psnrs = [number(t, "val_psnr") or 0.0 for t in answer.baseline_runs]
             answer.spread_db = max(psnrs) - min(psnrs)
     _budget(study, answer)
+    answer.validation = read_validation(study)
+    if answer.validation is not None and answer.validation.ranks_hold is False:
+        answer.too_short = True
+        answer.sentences.append(_too_short_sentence(answer.validation))
     searched = [t for t in complete if not is_reference(t) and _feasible(t) and number(t, "val_psnr") is not None]
     if baseline is None:
         reason = study.user_attrs.get("baseline")
@@ -144,6 +156,8 @@ def analyse(study: optuna.Study) -> Answer:
     answer.sentences.append(_seeds_sentence(study, answer))
     if not searched or base_psnr is None:
         answer.sentences.append("No searched trial completed, so there is nothing to compare yet.")
+        return answer
+    if answer.too_short:
         return answer
     answer.best_quality = max(searched, key=lambda t: number(t, "val_psnr") or -math.inf)
     close = [t for t in searched if (number(t, "val_psnr") or -math.inf) >= base_psnr - TOLERANCE_DB
@@ -183,7 +197,30 @@ def analyse(study: optuna.Study) -> Answer:
         f"{'yes' if answer.goal_quality else 'no'}; one at least {GOAL_SPEEDUP:g}x faster within {TOLERANCE_DB} dB "
         f"of it: {'yes' if answer.goal_speed else 'no'}."
     )
+    answer.sentences.append(_validation_sentence(study, answer.validation))
     return answer
+
+
+def _too_short_sentence(validation: Validation) -> str:
+    ranked = validation.ranked
+    best = max(ranked, key=lambda r: r.long_psnr or -math.inf)
+    return (f"The budget is too short to rank these generators: retrained for {validation.factor:g}x the budget, "
+            f"the {len(ranked)} validated trials rank with Kendall's tau {validation.tau:.2f} (Spearman's rho "
+            f"{_f2(validation.rho)}) between short and long val PSNR, below the {TAU_GOAL:g} this study needs, so "
+            f"no winner is named from the short trials (of the long runs, `{best.variant}` (trial {best.trial}) "
+            f"reached the highest PSNR, {_db(best.long_psnr)}).")
+
+
+def _validation_sentence(study: optuna.Study, validation: Validation | None) -> str:
+    if validation is None:
+        return (f"The ranking is not checked against longer training yet: `nectargan-bench study-validate STORAGE "
+                f"--study {study.study_name}` retrains the baseline, the front and random trials for 10x the budget.")
+    if validation.ranks_hold is None:
+        return (f"The {len(validation.ranked)} trials retrained for {validation.factor:g}x the budget are too few to "
+                f"judge the budget by ({MIN_JUDGED} or more with distinct PSNR are needed).")
+    return (f"The order holds at {validation.factor:g}x the budget: the {len(validation.ranked)} retrained trials "
+            f"rank with Kendall's tau {validation.tau:.2f} (Spearman's rho {_f2(validation.rho)}), at least "
+            f"{TAU_GOAL:g}.")
 
 
 def _learn_note(trial: FrozenTrial, floor: Floor | None) -> str:
@@ -278,10 +315,13 @@ def _budget(study: optuna.Study, answer: Answer) -> None:
         answer.budget.append(f"Every complete trial trained on {min(images):.0f} images in its time budget.")
     loads = [x for t in answer.complete if (x := number(t, "load_avg_1m")) is not None]
     cpus = (study.user_attrs.get("env") or {}).get("cpu_count")
-    if loads and isinstance(cpus, int) and max(loads) > cpus:
+    # the study's own workers keep about `cpus` threads busy (they share the CPU threads), so the load average
+    # reads about `cpus` on an otherwise idle machine; one more busy process than that is "busy"
+    if loads and isinstance(cpus, int) and max(loads) > cpus + BUSY_EXTRA_LOAD:
         answer.warnings.append(
             f"Warning: the machine was busy: 1-minute load average up to {max(loads):.1f} on {cpus} CPUs while "
-            "trials ran. Under a time budget a trial that trained while it was busy saw fewer images, and its "
+            f"trials ran (the study's own training accounts for about {cpus}). Under a time budget a trial that "
+            "trained while it was busy saw fewer images, and its "
             "absolute timings are noisy; the interleaved speed-ups hold better. Rerun on an idle machine for "
             "figures to quote."
         )
@@ -308,3 +348,7 @@ def row_extras(trial: FrozenTrial, baseline: FrozenTrial | None, floor: Floor | 
     over = floor.margin(number(trial, "val_psnr")) if floor is not None else None
     return {"d_psnr_db": d["d_psnr_db"], "d_ssim": d["d_ssim"], "speedup_x": d["speedup"],
             "db_over_floor": over, "learned": learned(trial, floor)}
+
+
+def _f2(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"

@@ -33,6 +33,7 @@ import optuna
 import torch
 
 from bench.variant import VariantSpec
+from nectargan.errors import InvalidArgumentError
 from nectargan.models import load_generator, save_checkpoint
 from nectargan.train import NonFiniteLossError, TrainConfig, fit, resolve
 from studies import baseline as baseline_mod
@@ -42,7 +43,7 @@ from studies.speed import inference_attrs, inference_mode, measure_inference
 
 STATIC_CONSTRAINTS = ("max_params", "max_gflops")
 INTERRUPTED = "interrupted (Ctrl-C)"
-__all__ = ["constraint_values", "run_trial", "suggest", "trial_train_config", "variant_of"]
+__all__ = ["constraint_values", "run_trial", "suggest", "trained_params", "trial_train_config", "variant_of"]
 
 
 def variant_of(config: StudyConfig, params: dict[str, Any]) -> VariantSpec:
@@ -136,6 +137,18 @@ def _interrupted(exc: BaseException) -> bool:
         seen.add(id(current))
         current = current.__context__
     return False
+
+
+def trained_params(trial: optuna.trial.FrozenTrial, config: StudyConfig) -> dict[str, Any]:
+    """The settings a finished trial trained with on top of ``[fixed]``: the baseline's for the baseline and its
+    repeats (the same rule as when it ran), else its searched parameters."""
+    if baseline_mod.is_reference(trial):
+        settings = baseline_mod.baseline_settings(config)
+        if settings is None:
+            raise InvalidArgumentError(f"trial {trial.number} is a baseline trial, but the config has no baseline: "
+                                       f"{baseline_mod.why_no_baseline(config)}")
+        return settings
+    return dict(trial.params)
 
 
 def _settings(trial: optuna.Trial, config: StudyConfig) -> tuple[dict[str, Any], bool]:

@@ -54,6 +54,8 @@ def write_plots(study: optuna.Study, answer: Answer, out: Path) -> list[Path]:
         return []
     names = objective_names(study)
     jobs = [("pareto_front", lambda: front_plot(answer))]
+    if answer.validation is not None and len(answer.validation.ranked) >= 2:
+        jobs.append(("validation", lambda: validation_plot(answer)))
     if len(study.directions) == 1:
         jobs.append(("history", lambda: ovm.plot_optimization_history(study, target_name=names[0])))
     else:
@@ -130,5 +132,40 @@ def front_plot(answer: Answer):
                     else "inference img/s (measured after training; log)")
     axes.set_ylabel("val PSNR (dB)")
     axes.set_title("Quality against measured speed")
+    axes.legend(fontsize=7, loc="best")
+    return axes
+
+
+def validation_plot(answer: Answer):
+    """Short-trial against long-trial val PSNR of the retrained trials (study-validate), each labelled with its
+    trial number, the baseline's runs as stars; the learned line on both axes. Points in the same order on both
+    axes mean the short budget ranks like the long one."""
+    import matplotlib.pyplot as plt
+
+    validation = answer.validation
+    assert validation is not None
+    runs = validation.ranked
+    _figure, axes = plt.subplots()
+    for baseline in (False, True):
+        chosen = [r for r in runs if r.baseline == baseline]
+        if chosen:
+            axes.scatter([r.short_psnr for r in chosen], [r.long_psnr for r in chosen],
+                         marker="*" if baseline else "o", s=160 if baseline else 30,
+                         color="tab:red" if baseline else "tab:blue", zorder=3,
+                         label="baseline (NectarGAN default), its seeds" if baseline else "retrained trials")
+    for run in runs:
+        axes.annotate(str(run.trial), (run.short_psnr, run.long_psnr), textcoords="offset points", xytext=(4, 4),
+                      fontsize=7)
+    if answer.floor is not None and math.isfinite(answer.floor.best_psnr):
+        line = answer.floor.best_psnr + LEARN_MARGIN_DB
+        axes.axhline(line, color="0.3", lw=0.8, ls="--", label=f"learned above this ({answer.floor.best} "
+                     f"floor + {LEARN_MARGIN_DB:g} dB)")
+        axes.axvline(line, color="0.3", lw=0.8, ls="--")
+    tau = "?" if validation.tau is None else f"{validation.tau:.2f}"
+    rho = "?" if validation.rho is None else f"{validation.rho:.2f}"
+    axes.set_xlabel("val PSNR after the study's budget (dB)")
+    axes.set_ylabel(f"val PSNR after {validation.factor:g}x the budget (dB)")
+    axes.set_title(f"Short against long training: Kendall's tau {tau}, Spearman's rho {rho} ({len(runs)} trials)",
+                   fontsize=9)
     axes.legend(fontsize=7, loc="best")
     return axes

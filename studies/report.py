@@ -10,11 +10,13 @@
   best quality, the fastest trial within 0.5 dB of the baseline; no winner when neither the baseline
   nor the best trial learned), the budget and whether it was fair, the floor (the dataset's trivial
   predictors), the Pareto front (or the best trials) with the baseline's row and each trial's dB and
-  speed-up against it, dB over the floor and whether it learned, parameter importances
+  speed-up against it, dB over the floor and whether it learned; when ``study-validate`` has run, whether
+  a short trial ranks like a long one (its table, Kendall's tau and Spearman's rho); parameter importances
   (searched trials only, parameters that varied, with a caveat under 10 trials), pruned and failed
   trials with their reasons, and the plots;
 * ``pareto_front.png`` (quality against measured inference speed, the front joined, the baseline
   marked), Optuna's ``history.png`` and ``importances.png``;
+* ``validation.csv`` and ``validation.png`` (short against long val PSNR) when ``study-validate`` has run;
 * ``grid.png``: input | baseline | best quality | fastest within 0.5 dB | target for a few val
   images, also uploaded as an artifact of the study (optuna-dashboard shows it).
 
@@ -41,6 +43,7 @@ from studies.answer import TOLERANCE_DB, Answer, analyse, learned, number, row_e
 from studies.baseline import is_baseline, is_reference, repeat_of
 from studies.config import TRAIN_PARAMS
 from studies.plots import first_target, objective_names, searched_study, varying_params, write_plots
+from studies.ranking import MIN_JUDGED, MIN_RANKED, TAU_GOAL
 from studies.storage import StorageError, artifact_store, open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -182,7 +185,10 @@ def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
     written.append(out / "trials.csv")
     objectives = objective_names(study)
     trials = study.get_trials(deepcopy=False)
-    lines = [f"# Study `{name}`", "", f"Storage `{storage_url}`; {len(trials)} trials: "
+    description = study.user_attrs.get("description")
+    said = [f"> {' '.join(description.split())}", ""] if isinstance(description, str) and description else []
+    lines = [f"# Study `{name}`", "", *said,
+             f"Storage `{storage_url}`; {len(trials)} trials: "
              + ", ".join(f"{n} {s.name.lower()}" for s in TrialState
                          if (n := sum(1 for t in trials if t.state == s))) + ".",
              "Objectives: " + ", ".join(f"{o} ({d.name.lower()})" for o, d in zip(objectives, study.directions,
@@ -193,6 +199,10 @@ def write_study_report(storage_url: str, name: str, out: Path) -> list[Path]:
     lines += [item for w in answer.warnings for item in (f"**{w}**", "")]
     lines += _floor_section(answer)
     lines += _seeds_section(answer)
+    lines += validation_section(answer)
+    if answer.validation is not None:
+        validation_frame(answer).to_csv(out / "validation.csv", index=False)
+        written.append(out / "validation.csv")
     lines += _device_note(answer)
     rows_of = [answer.baseline] if answer.baseline is not None else []
     if answer.complete:
@@ -248,6 +258,67 @@ def _floor_section(answer: Answer) -> list[str]:
     for row in rows:
         row["note"] = "; ".join(x for x in (row["note"], "the floor" if row["predictor"] == floor.best else "") if x)
     return [*lines, _table(rows), ""]
+
+
+def validation_frame(answer: Answer) -> pd.DataFrame:
+    """One row per long run (studies.ranking.LongRun's fields) with its short and long rank."""
+    validation = answer.validation
+    assert validation is not None
+    short_ranks, long_ranks = validation.short_ranks(), validation.long_ranks()
+    return pd.DataFrame([run.to_dict() | {"short_rank": short_ranks.get(run.trial),
+                                          "long_rank": long_ranks.get(run.trial)} for run in validation.runs])
+
+
+def validation_section(answer: Answer) -> list[str]:
+    """study-validate's long runs: short against long PSNR, their ranks, and the rank agreement."""
+    validation = answer.validation
+    if validation is None:
+        return []
+    front = {t.number for t in answer.front}
+    short_ranks, long_ranks = validation.short_ranks(), validation.long_ranks()
+    rows = []
+    for run in validation.runs:
+        role = "baseline" if run.baseline else ("front" if run.trial in front else "random")
+        gain = None if run.long_psnr is None else run.long_psnr - run.short_psnr
+        rows.append({"trial": run.trial, "variant": run.variant, "role": role, "seed": run.seed,
+                     "short_psnr": run.short_psnr, "long_psnr": run.long_psnr, "gain_db": gain,
+                     "short_rank": short_ranks.get(run.trial), "long_rank": long_ranks.get(run.trial),
+                     "short_images": run.short_images, "long_images": run.long_images,
+                     **({"long_learned": _yes_no(answer.floor.learned(run.long_psnr))} if answer.floor else {}),
+                     **({"note": run.reason} if run.reason else {})})
+    budget = validation.runs[0]
+    length = " and ".join(x for x in (f"{budget.budget_seconds:g} s" if budget.budget_seconds else "",
+                                      f"{budget.budget_steps} steps" if budget.budget_steps else "") if x)
+    if validation.tau is None:
+        verdict = f"Too few long runs with distinct PSNR for a rank correlation ({MIN_RANKED} are needed)"
+    else:
+        if validation.ranks_hold is None:
+            judged = f"too few to judge the budget by ({MIN_JUDGED} are needed)"
+        elif validation.ranks_hold:
+            judged = "the short budget ranks these generators like the long one"
+        else:
+            judged = "the short budget does not rank these generators like the long one"
+        verdict = (f"Kendall's tau {validation.tau:.2f} (p = {_p(validation.tau_p)}), Spearman's rho "
+                   f"{_p2(validation.rho)} (p = {_p(validation.rho_p)}): {judged} (the goal is tau >= {TAU_GOAL:g})")
+    failed = [r.trial for r in validation.runs if r.long_psnr is None]
+    lines = ["## Does a short trial rank like a long one?", "",
+             f"`nectargan-bench study-validate` retrained {len(validation.runs)} trials (the baseline when there is "
+             f"one, the front, then random others) for {validation.factor:g}x the study's budget ({length}), each "
+             f"with its own generator, settings and seed, one after another on the study's device. {verdict}."
+             + (f" Left out of the correlation (the long run failed): trial{'s' if len(failed) > 1 else ''} "
+                f"{', '.join(map(str, failed))}." if failed else ""), "", _table(rows), ""]
+    loads = [r.load_avg_1m for r in validation.runs if r.load_avg_1m is not None]
+    if loads:
+        lines += [f"1-minute load average at the end of each long run: {min(loads):.1f} to {max(loads):.1f}.", ""]
+    return lines
+
+
+def _p(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2g}"
+
+
+def _p2(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
 
 
 def _seeds_section(answer: Answer) -> list[str]:

@@ -113,6 +113,10 @@ def check_existing(run: StudyRun, config: StudyConfig, study: optuna.Study) -> N
     budget = {"steps": config.steps, "seconds": config.seconds}
     if "budget" in attrs and attrs["budget"] != budget:
         raise NectarGANError(f"{where} was run with the budget {attrs['budget']}, this config says {budget}{hint}")
+    floor = attrs.get("floor")  # recorded with the dataset it was computed on (studies.floor)
+    if isinstance(floor, dict) and floor.get("data") and floor["data"] != config.data_path:
+        raise NectarGANError(f"{where} trained on the dataset {floor['data']!r}, this config says "
+                             f"{config.data_path!r}{hint}")
     check_against_study(study, config.space, config.source)
 
 
@@ -141,6 +145,8 @@ def open_study(run: StudyRun, config: StudyConfig, seed: int) -> optuna.Study:
     study.set_user_attr("objectives", config.objectives)
     study.set_user_attr("fixed", config.fixed)
     study.set_user_attr("config", config.source)
+    if config.description:  # the report opens with it (e.g. "A smoke test, not an answer: ...")
+        study.set_user_attr("description", config.description)
     study.set_user_attr("config_sha256", config.sha256)
     study.set_user_attr("budget", {"steps": config.steps, "seconds": config.seconds})
     study.set_user_attr("env", _env())

@@ -856,3 +856,14 @@ def test_grid_labels_wrap_inside_their_column():
     assert _wrap("best PSNR & fastest t12\n11.44 dB 1008 img/s", width, 60) == [
         "best PSNR", "& fastest", "t12", "11.44 dB", "1008 img/s"]
     assert all(width(line) <= 60 for line in _wrap("averyveryverylongword t1", width, 60))
+
+
+def test_the_busy_warning_counts_the_studys_own_load(tmp_path):
+    """On 2 CPUs the study's own training reads about 2: 2.4 is not busy, 3.3 is (one more process)."""
+    storage = f"sqlite:///{tmp_path}/load.db"
+    for name, load, busy in (("own", 2.4, False), ("shared", 3.3, True)):
+        study = _psnr_study(storage, name, [16.0, 17.0], extra={1: {"load_avg_1m": load}})
+        study.set_user_attr("env", {"cpu_count": 2})
+        write_study_report(storage, name, tmp_path / name)
+        text = (tmp_path / name / "report.md").read_text()
+        assert ("Warning: the machine was busy: 1-minute load average up to 3.3 on 2 CPUs" in text) is busy
