@@ -102,7 +102,7 @@ def study_validate(
     seed: Annotated[int, typer.Option(help="Seed of the random choice of trials.")] = 0,
     config: Annotated[str | None, typer.Option(help="The study's TOML (default: the one it recorded).")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="Folder for the long runs' training folders (default: results/studies/<name>/validate-<k>x).")
+        help="Folder for the long runs and validation.md/.csv/.png (default: results/studies/<name>/validate-<k>x).")
     ] = None,
     again: Annotated[bool, typer.Option("--again", help="Retrain trials already validated at this factor.")] = False,
     quiet: Quiet = False,
@@ -142,10 +142,13 @@ def study_validate(
         raise typer.Exit(130) from None
     finally:
         bar.stop()
-    _print_validation(validation, plan.out_root, storage, study_name)
+    from studies.report import write_validation_files
+
+    written = write_validation_files(storage, study_name, plan.out_root)
+    _print_validation(validation, written, storage, study_name)
 
 
-def _print_validation(validation, out_root: Path, storage: str, study_name: str) -> None:
+def _print_validation(validation, written: list[Path], storage: str, study_name: str) -> None:
     from rich.table import Table
 
     from studies.ranking import MIN_JUDGED, TAU_GOAL
@@ -170,8 +173,9 @@ def _print_validation(validation, out_root: Path, storage: str, study_name: str)
             judged = f"the budget is too short to rank these generators (goal tau >= {TAU_GOAL:g})"
         verdict = (f"Kendall's tau {validation.tau:.2f}, Spearman's rho {rho} over {len(validation.ranked)} trials: "
                    f"{judged}")
-    stderr.print(f"{verdict}. Long runs in {out_root}; the report: nectargan-bench study-report {storage} --study "
-                 f"{study_name} --out FOLDER", highlight=False, soft_wrap=True)
+    stderr.print(f"{verdict}. Wrote {', '.join(str(p) for p in written)}; the study's report gets the same section: "
+                 f"nectargan-bench study-report {storage} --study {study_name} --out FOLDER", highlight=False,
+                 soft_wrap=True)
 
 
 def _port(value: int) -> int:

@@ -47,7 +47,6 @@ def write_plots(study: optuna.Study, answer: Answer, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
     if not answer.complete:
@@ -76,14 +75,23 @@ def write_plots(study: optuna.Study, answer: Answer, out: Path) -> list[Path]:
             continue
         if axes is None:
             continue
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figure.set_size_inches(7, 4.5)
-        figure.tight_layout()
-        path = out / f"{stem}.png"
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        written.append(path)
+        written.append(save_axes(axes, out / f"{stem}.png"))
     return written
+
+
+def save_axes(axes, path: Path) -> Path:
+    """Write the figure of ``axes`` (one Axes or an array of them) at the report's size, and close it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+    figure.set_size_inches(7, 4.5)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def front_plot(answer: Answer):

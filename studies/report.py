@@ -42,7 +42,15 @@ from nectargan.errors import NectarGANError
 from studies.answer import TOLERANCE_DB, Answer, analyse, learned, number, row_extras
 from studies.baseline import is_baseline, is_reference, repeat_of
 from studies.config import TRAIN_PARAMS
-from studies.plots import first_target, objective_names, searched_study, varying_params, write_plots
+from studies.plots import (
+    first_target,
+    objective_names,
+    save_axes,
+    searched_study,
+    validation_plot,
+    varying_params,
+    write_plots,
+)
 from studies.ranking import MIN_JUDGED, MIN_RANKED, TAU_GOAL
 from studies.storage import StorageError, artifact_store, open_storage
 
@@ -267,6 +275,26 @@ def validation_frame(answer: Answer) -> pd.DataFrame:
     short_ranks, long_ranks = validation.short_ranks(), validation.long_ranks()
     return pd.DataFrame([run.to_dict() | {"short_rank": short_ranks.get(run.trial),
                                           "long_rank": long_ranks.get(run.trial)} for run in validation.runs])
+
+
+def write_validation_files(storage_url: str, name: str, out: Path) -> list[Path]:
+    """study-validate's own output: validation.md (the report's section), validation.csv and validation.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    study = load(storage_url, name)
+    answer = analyse(study)
+    if answer.validation is None:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    validation_frame(answer).to_csv(out / "validation.csv", index=False)
+    written = [out / "validation.csv"]
+    if len(answer.validation.ranked) >= 2:
+        written.append(save_axes(validation_plot(answer), out / "validation.png"))
+    section = validation_section(answer)
+    plot = ["![validation](validation.png)", ""] if len(written) > 1 else []
+    (out / "validation.md").write_text("\n".join([f"# Study `{name}`", "", *section, *plot]), encoding="utf-8")
+    return [*written, out / "validation.md"]
 
 
 def validation_section(answer: Answer) -> list[str]:

@@ -867,3 +867,27 @@ def test_the_busy_warning_counts_the_studys_own_load(tmp_path):
         write_study_report(storage, name, tmp_path / name)
         text = (tmp_path / name / "report.md").read_text()
         assert ("Warning: the machine was busy: 1-minute load average up to 3.3 on 2 CPUs" in text) is busy
+
+
+def test_a_study_is_not_continued_on_another_dataset(tmp_path, sample_dataset, capsys):
+    """The floor records the dataset it was measured on: the same config pointed at a copy elsewhere (say the
+    smoke study after its data changed) is refused in one line, nothing written."""
+    import shutil
+
+    from cli import main
+    from studies.config import load_study_config
+    from studies.floor import record_floor, study_floor
+    from studies.runner import open_study
+
+    storage = f"sqlite:///{tmp_path}/d.db"
+    config = _config(tmp_path, sample_dataset, name="d", objectives='["val_psnr"]')
+    loaded = load_study_config(config)
+    study = open_study(StudyRun(config_path=config, storage=storage), loaded, seed=0)
+    record_floor(study, study_floor(loaded), loaded.data_path)
+    other = tmp_path / "other-data"
+    shutil.copytree(sample_dataset, other)
+    Path(config).write_text(Path(config).read_text().replace(f'path = "{sample_dataset}"', f'path = "{other}"'))
+    assert main(["study", config, "--storage", storage, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"trained on the dataset '{sample_dataset}', this config says '{other}'" in err, err
+    assert optuna.load_study(study_name="d", storage=storage).trials == []

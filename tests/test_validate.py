@@ -117,6 +117,10 @@ def test_study_validate_retrains_with_the_trials_seeds_and_resumes(tmp_path, sam
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "3 to train for 24 steps each (2x the study's budget)" in err and "Kendall's tau" in err
+    own = (tmp_path / "long" / "validation.md").read_text()  # the command writes its section, table and plot too
+    assert "## Does a short trial rank like a long one?" in own and "![validation](validation.png)" in own
+    assert (tmp_path / "long" / "validation.png").stat().st_size > 10_000
+    assert len((tmp_path / "long" / "validation.csv").read_text().splitlines()) == 4
     study = optuna.load_study(study_name="t", storage=storage)
     runs = read_validation(study, 2.0).runs
     trials = {t.number: t for t in study.trials}
