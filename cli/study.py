@@ -154,12 +154,12 @@ def _print_validation(validation, written: list[Path], storage: str, study_name:
     from studies.ranking import MIN_JUDGED, TAU_GOAL
 
     short_ranks, long_ranks = validation.short_ranks(), validation.long_ranks()
-    table = Table("trial", "variant", "short PSNR", "long PSNR", "short rank", "long rank")
+    table = Table("trial", "short PSNR", "long PSNR", "short rank", "long rank", "variant")
     for run in validation.runs:
         long = "failed" if run.long_psnr is None else f"{run.long_psnr:.2f}"
         ranks = [f"{r[run.trial]:g}" if run.trial in r else "-" for r in (short_ranks, long_ranks)]
-        table.add_row(str(run.trial) + (" (baseline)" if run.baseline else ""), run.variant, f"{run.short_psnr:.2f}",
-                      long, *ranks)
+        table.add_row(str(run.trial) + (" (baseline)" if run.baseline else ""), f"{run.short_psnr:.2f}", long, *ranks,
+                      run.variant)
     stderr.print(table)
     if validation.tau is None:
         verdict = "no rank correlation: fewer than 3 long runs with distinct PSNR"

@@ -126,6 +126,8 @@ COLUMN_FORMATS: dict[str, Callable[[float], str]] = {
     "dB over floor": "{:+.2f}".format, "val_ssim": "{:.3f}".format,
     "SSIM vs baseline": "{:+.3f}".format, "infer_img_per_s": "{:,.1f}".format, "train_img_per_s": "{:,.1f}".format,
     "speed-up": "{:.2f}x".format, "gflops": "{:.3g}".format, "params": lambda v: f"{v / 1e6:.2f} M",
+    "short_psnr": "{:.2f}".format, "long_psnr": "{:.2f}".format, "gain_db": "{:+.2f}".format,
+    "short_rank": "{:g}".format, "long_rank": "{:g}".format,
 }
 
 
@@ -423,6 +425,10 @@ def _grid(study: optuna.Study, storage_url: str, answer: Answer, out: Path) -> t
     if answer.baseline is not None:
         columns.append((f"baseline t{answer.baseline.number}\n{_label(answer.baseline)}", answer.baseline))
     best, fast = answer.best_quality, answer.fastest_close
+    searched = [t for t in answer.complete if not is_reference(t) and number(t, "val_psnr") is not None]
+    if answer.too_short and searched:  # no winner, but show what the short trials' best looks like
+        top = max(searched, key=lambda t: number(t, "val_psnr") or -math.inf)
+        columns.append((f"top PSNR t{top.number}, no winner\n{_label(top)}", top))
     if best is not None:
         both = fast is not None and fast.number == best.number
         columns.append((f"best PSNR{' & fastest' if both else ''} t{best.number}\n{_label(best)}", best))

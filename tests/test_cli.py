@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
@@ -140,7 +141,13 @@ def test_ctrl_c_while_torch_is_imported_is_one_line_and_exit_130(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "cli", "train", "--data", str(tmp_path), "--steps", "1",
                              "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(0.5)  # the interpreter is up; torch takes seconds to import
+    # the moment torch's shared library is mapped the process is inside `import torch` (on a warm page cache the
+    # whole import can take under 0.5 s, so a fixed sleep missed it and the command ran on)
+    maps = pathlib.Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 60
+    while "libtorch" not in (maps.read_text() if maps.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, "the command ended before it imported torch"
+        time.sleep(0.002)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip() == INTERRUPTED_AT_START and out == ""

@@ -125,18 +125,19 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
     config = _config(tmp_path, sample_dataset, name="m", objectives='["val_psnr", "infer_img_per_s"]',
                      baseline=True, pruner="none", budget=f"seconds = 1\neval_every = 1000\n{FAST_TIMING}",
                      constraints="[constraints]\nmax_params = 1e6", baseline_seeds=2)
+    Path(config).write_text(Path(config).read_text().replace("input_size = 64", "input_size = 32"))  # quicker
     storage = f"sqlite:///{tmp_path}/m.db"
     summary = run_study(StudyRun(config_path=config, storage=storage, out_root=str(tmp_path / "out")))
     assert summary["added"] == 3
     study = optuna.load_study(study_name="m", storage=storage)
     baseline = study.trials[0]
     assert baseline.user_attrs["baseline"] is True and baseline.state == optuna.trial.TrialState.COMPLETE
-    # 64 px allows n_downs 4 (64 = 2**(4+2)); features 64 lies outside the space's [4, 8]: set, not suggested
-    assert baseline.user_attrs["variant"] == "UnetBlock-Transposed-d4-f64-64px"
+    # 32 px allows n_downs 3 (32 = 2**(3+2)); features 64 lies outside the space's [4, 8]: set, not suggested
+    assert baseline.user_attrs["variant"] == "UnetBlock-Transposed-d3-f64-32px"
     assert baseline.user_attrs["settings"] == {
-        "n_downs": 4, "features": 64, "block_type": "UnetBlock", "upconv_type": "Transposed",
+        "n_downs": 3, "features": 64, "block_type": "UnetBlock", "upconv_type": "Transposed",
         "use_dropout_layers": 3, "lr": 2e-4, "beta1": 0.5, "lambda_l1": 100.0, "batch_size": 4}
-    assert baseline.params == {"lr": 2e-4}  # the one baseline value the space can hold
+    assert baseline.params == {"n_downs": 3, "lr": 2e-4}  # the baseline values the space can hold
     assert baseline.constraints["max_params"] > 0  # over the limit, recorded, and still trained
     assert [t.number for t in study.trials if t.user_attrs.get("baseline")] == [0]
     repeat = study.trials[1]  # the baseline again (its generator and settings), another seed: PSNR's noise
@@ -154,7 +155,7 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
     report = tmp_path / "r"
     written = write_study_report(storage, "m", report)
     text = (report / "report.md").read_text()
-    assert "## Pareto front" in text and re.search(r"\| 0 \(baseline\) +\| UnetBlock-Transposed-d4-f64-64px", text)
+    assert "## Pareto front" in text and re.search(r"\| 0 \(baseline\) +\| UnetBlock-Transposed-d3-f64-32px", text)
     assert "| 1.00x " in text and " M " in text and "| +0.00 " in text  # rounded: speed-up, params in M, dB
     assert "Baseline (NectarGAN's default generator at this size, trial 0)" in text
     assert "The speed-up is the one the answer and the front plot use" in text
@@ -162,7 +163,7 @@ def test_baseline_is_trial_zero_of_a_multi_objective_study_with_front_paragraph_
     assert "Device: cpu: " in text and "1-minute load average when timed" in text
     assert study.user_attrs["env"]["cpu_count"] >= 1 and study.user_attrs["budget"] == {"steps": None, "seconds": 1}
     floor = Floor.from_dict(study.user_attrs["floor"])  # recorded by the driver, from the study's dataset
-    assert floor == trivial_floor(sample_dataset, 64)
+    assert floor == trivial_floor(sample_dataset, 32)
     best = study.trials[2]
     spread = abs(baseline.user_attrs["val_psnr"] - repeat.user_attrs["val_psnr"])
     assert "Trained with 2 seeds (trials 0, 1), the baseline reaches " in text
@@ -364,7 +365,7 @@ def test_baseline_settings_scale_to_the_image_size():
 
 
 def _kill_mid_trial_and_retry(storage: str, tmp_path: Path, data: Path, name: str) -> None:
-    config = _config(tmp_path, data, name=name, budget="seconds = 4\nsteps = 100000\neval_every = 100000")
+    config = _config(tmp_path, data, name=name, budget="seconds = 2\nsteps = 100000\neval_every = 100000")
     cmd = [sys.executable, "-m", "cli", "study", config, "--storage", storage, "--study-name", name,
            "--n-trials", "1", "--heartbeat", "1", "--quiet", "--out", str(tmp_path / "out-killed")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

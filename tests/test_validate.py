@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_studies import _config, _psnr_study
+from test_studies import FAST_TIMING, _config, _psnr_study
 
 from cli import main
 from studies.ranking import LongRun, attr_key, rank_agreement, read_validation
@@ -107,16 +107,17 @@ def test_report_names_no_winner_when_long_training_reorders_the_trials(tmp_path)
 
 
 def test_study_validate_retrains_with_the_trials_seeds_and_resumes(tmp_path, sample_dataset, capsys):
-    """A real 4-trial study (12 steps each), validated at 2x: 24 steps each, its seeds; a second call trains none."""
+    """A real 3-trial study (6 steps each), validated at 2x: 12 steps each, its seeds; a second call trains none."""
     storage = f"sqlite:///{tmp_path}/real.db"
-    config = _config(tmp_path, sample_dataset, objectives='["val_psnr"]', pruner="none")
+    config = _config(tmp_path, sample_dataset, objectives='["val_psnr"]', pruner="none",
+                     budget=f"steps = 6\neval_every = 6\n{FAST_TIMING}")
     Path(config).write_text('description = "A smoke test, not an answer."\n' + Path(config).read_text())
-    run_study(StudyRun(config_path=config, storage=storage, n_trials=4, out_root=str(tmp_path / "trials")))
+    run_study(StudyRun(config_path=config, storage=storage, n_trials=3, out_root=str(tmp_path / "trials")))
     args = ["study-validate", storage, "--study", "t", "--factor", "2", "--trials", "3", "--out",
             str(tmp_path / "long"), "-q"]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "3 to train for 24 steps each (2x the study's budget)" in err and "Kendall's tau" in err
+    assert "3 to train for 12 steps each (2x the study's budget)" in err and "Kendall's tau" in err
     own = (tmp_path / "long" / "validation.md").read_text()  # the command writes its section, table and plot too
     assert "## Does a short trial rank like a long one?" in own and "![validation](validation.png)" in own
     assert (tmp_path / "long" / "validation.png").stat().st_size > 10_000
@@ -126,7 +127,7 @@ def test_study_validate_retrains_with_the_trials_seeds_and_resumes(tmp_path, sam
     trials = {t.number: t for t in study.trials}
     assert len(runs) == 3
     for run in runs:
-        assert run.steps == 24 and run.budget_steps == 24 and run.seed == trials[run.trial].user_attrs["seed"]
+        assert run.steps == 12 and run.budget_steps == 12 and run.seed == trials[run.trial].user_attrs["seed"]
         assert run.short_psnr == pytest.approx(trials[run.trial].user_attrs["val_psnr"])
         assert run.long_psnr is not None and run.long_psnr > 0
         assert (Path(run.out) / "metrics.csv").is_file()
@@ -135,7 +136,7 @@ def test_study_validate_retrains_with_the_trials_seeds_and_resumes(tmp_path, sam
     write_study_report(storage, "t", tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
     assert text.startswith("# Study `t`\n\n> A smoke test, not an answer.\n")  # the config's description
-    assert "## Does a short trial rank like a long one?" in text and "for 2x the study's budget (24 steps)" in text
+    assert "## Does a short trial rank like a long one?" in text and "for 2x the study's budget (12 steps)" in text
 
     assert main(["study-validate", storage, "--study", "t", "--factor", "1"]) == 1
     assert capsys.readouterr().err.strip() == ("Error: factor=1.0 is not valid: use a number > 1 (times the "
