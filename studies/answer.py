@@ -123,12 +123,7 @@ def analyse(study: optuna.Study) -> Answer:
     answer = Answer(baseline=baseline, complete=complete, front=front_of(study, complete))
     answer.floor, answer.floor_source = floor_of(study)
     answer.not_learned = [t for t in complete if learned(t, answer.floor) is False]
-    if baseline is not None and number(baseline, "val_psnr") is not None:
-        answer.baseline_runs = [baseline] + [t for t in complete
-                                             if repeat_of(t) is not None and number(t, "val_psnr") is not None]
-        if len(answer.baseline_runs) > 1:
-            psnrs = [number(t, "val_psnr") or 0.0 for t in answer.baseline_runs]
-            answer.spread_db = max(psnrs) - min(psnrs)
+    _baseline_runs(answer)
     _budget(study, answer)
     answer.validation = read_validation(study)
     if answer.validation is not None and answer.validation.ranks_hold is False:
@@ -199,6 +194,18 @@ def analyse(study: optuna.Study) -> Answer:
     )
     answer.sentences.append(_validation_sentence(study, answer.validation))
     return answer
+
+
+def _baseline_runs(answer: Answer) -> None:
+    """The baseline and its complete repeats, and their PSNR's spread (PSNR's noise between seeds)."""
+    baseline = answer.baseline
+    if baseline is None or number(baseline, "val_psnr") is None:
+        return
+    answer.baseline_runs = [baseline] + [t for t in answer.complete
+                                         if repeat_of(t) is not None and number(t, "val_psnr") is not None]
+    if len(answer.baseline_runs) > 1:
+        psnrs = [number(t, "val_psnr") or 0.0 for t in answer.baseline_runs]
+        answer.spread_db = max(psnrs) - min(psnrs)
 
 
 def _too_short_sentence(validation: Validation) -> str:
