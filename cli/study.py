@@ -10,6 +10,7 @@ import typer
 from cli.options import EXECUTOR_FLAGS, Quiet, executor_settings, with_flags
 from cli.progress import ProgressBar, sigterm_as_interrupt, stderr
 from nectargan.errors import NectarGANError
+from studies.ranking import DEFAULT_TRIALS, FACTOR
 from studies.storage import DEFAULT_STORAGE, HEARTBEAT_S
 
 # A study's detached workers write only to the storage: follow them there, not with `collect` (sweeps only).
@@ -97,8 +98,10 @@ def study_report(
 def study_validate(
     storage: Annotated[str, typer.Argument(help="The study's storage URL.")],
     study_name: Annotated[str, typer.Option("--study", help="Study name.")],
-    factor: Annotated[float, typer.Option(help="Times the study's budget each chosen trial trains.")] = 10.0,
-    trials: Annotated[int, typer.Option(help="Trials to retrain: the baseline, the front, then random ones.")] = 8,
+    factor: Annotated[float, typer.Option(help="Times the study's budget each chosen trial trains.")] = FACTOR,
+    trials: Annotated[int, typer.Option(help="Trials to retrain: the baseline, the front, then random ones.")] = (
+        DEFAULT_TRIALS
+    ),
     seed: Annotated[int, typer.Option(help="Seed of the random choice of trials.")] = 0,
     config: Annotated[str | None, typer.Option(help="The study's TOML (default: the one it recorded).")] = None,
     out: Annotated[Path | None, typer.Option(

@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nectargan.data.floor import LEARN_MARGIN_DB, Floor
 from studies.baseline import is_baseline, is_reference, repeat_of
 from studies.floor import floor_of
-from studies.ranking import MIN_JUDGED, TAU_GOAL, Validation, read_validation
+from studies.ranking import FACTOR, MIN_JUDGED, TAU_GOAL, Validation, read_validation
 
 TOLERANCE_DB = 0.5  # "as good as the baseline" for the fastest-trial question
 GOAL_SPEEDUP = 2.0
@@ -213,7 +213,7 @@ def _too_short_sentence(validation: Validation) -> str:
     best = max(ranked, key=lambda r: r.long_psnr or -math.inf)
     return (f"The budget is too short to rank these generators: retrained for {validation.factor:g}x the budget, "
             f"the {len(ranked)} validated trials rank with Kendall's tau {validation.tau:.2f} (Spearman's rho "
-            f"{_f2(validation.rho)}) between short and long val PSNR, below the {TAU_GOAL:g} this study needs, so "
+            f"{f2(validation.rho)}) between short and long val PSNR, below the {TAU_GOAL:g} this study needs, so "
             f"no winner is named from the short trials (of the long runs, `{best.variant}` (trial {best.trial}) "
             f"reached the highest PSNR, {_db(best.long_psnr)}).")
 
@@ -221,12 +221,13 @@ def _too_short_sentence(validation: Validation) -> str:
 def _validation_sentence(study: optuna.Study, validation: Validation | None) -> str:
     if validation is None:
         return (f"The ranking is not checked against longer training yet: `nectargan-bench study-validate STORAGE "
-                f"--study {study.study_name}` retrains the baseline, the front and random trials for 10x the budget.")
+                f"--study {study.study_name}` retrains the baseline, the front and random trials for {FACTOR:g}x the "
+                "budget.")
     if validation.ranks_hold is None:
         return (f"The {len(validation.ranked)} trials retrained for {validation.factor:g}x the budget are too few to "
                 f"judge the budget by ({MIN_JUDGED} or more with distinct PSNR are needed).")
     return (f"The order holds at {validation.factor:g}x the budget: the {len(validation.ranked)} retrained trials "
-            f"rank with Kendall's tau {validation.tau:.2f} (Spearman's rho {_f2(validation.rho)}), at least "
+            f"rank with Kendall's tau {validation.tau:.2f} (Spearman's rho {f2(validation.rho)}), at least "
             f"{TAU_GOAL:g}.")
 
 
@@ -357,5 +358,6 @@ def row_extras(trial: FrozenTrial, baseline: FrozenTrial | None, floor: Floor | 
             "db_over_floor": over, "learned": learned(trial, floor)}
 
 
-def _f2(value: float | None) -> str:
+def f2(value: float | None) -> str:
+    """Two decimals, or ? when unknown."""
     return "?" if value is None else f"{value:.2f}"

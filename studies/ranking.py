@@ -22,6 +22,7 @@ ATTR_PREFIX = "validation:"
 FACTOR = 10.0  # the default: k times the study's budget
 TAU_GOAL = 0.6  # Kendall's tau the ranking must reach to be read as a ranking
 MIN_RANKED = 3  # fewer long runs give no correlation
+DEFAULT_TRIALS = 8  # the default number of trials to retrain
 MIN_JUDGED = 5  # fewer give no verdict: with 3 or 4 runs one swap moves tau by 2/3 or 1/3
 
 
@@ -118,8 +119,9 @@ def _ranks(values: dict[int, float]) -> dict[int, float]:
     return {int(k): float(v) for k, v in ranked.items()}
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
+def finite(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing, NaN or infinite."""
+    return float(value) if value is not None and math.isfinite(float(value)) else None
 
 
 def rank_agreement(runs: list[LongRun]) -> tuple[float | None, float | None, float | None, float | None]:
@@ -135,7 +137,7 @@ def rank_agreement(runs: list[LongRun]) -> tuple[float | None, float | None, flo
         return None, None, None, None
     tau = kendalltau(short, long)
     rho = spearmanr(short, long)
-    return _finite(tau.statistic), _finite(tau.pvalue), _finite(rho.statistic), _finite(rho.pvalue)
+    return finite(tau.statistic), finite(tau.pvalue), finite(rho.statistic), finite(rho.pvalue)
 
 
 def read_validation(study: optuna.Study, factor: float | None = None) -> Validation | None:

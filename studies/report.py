@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nectargan.data.floor import COPY, LEARN_MARGIN_DB, MEAN, Floor
 from nectargan.errors import NectarGANError
-from studies.answer import TOLERANCE_DB, Answer, analyse, learned, number, row_extras
+from studies.answer import TOLERANCE_DB, Answer, analyse, f2, learned, number, row_extras
 from studies.baseline import is_baseline, is_reference, repeat_of
 from studies.config import TRAIN_PARAMS
 from studies.plots import (
@@ -329,7 +329,7 @@ def validation_section(answer: Answer) -> list[str]:
         else:
             judged = "the short budget does not rank these generators like the long one"
         verdict = (f"Kendall's tau {validation.tau:.2f} (p = {_p(validation.tau_p)}), Spearman's rho "
-                   f"{_p2(validation.rho)} (p = {_p(validation.rho_p)}): {judged} (the goal is tau >= {TAU_GOAL:g})")
+                   f"{f2(validation.rho)} (p = {_p(validation.rho_p)}): {judged} (the goal is tau >= {TAU_GOAL:g})")
     failed = [r.trial for r in validation.runs if r.long_psnr is None]
     lines = ["## Does a short trial rank like a long one?", "",
              f"`nectargan-bench study-validate` retrained {len(validation.runs)} trials (the baseline when there is "
@@ -346,9 +346,6 @@ def validation_section(answer: Answer) -> list[str]:
 def _p(value: float | None) -> str:
     return "?" if value is None else f"{value:.2g}"
 
-
-def _p2(value: float | None) -> str:
-    return "?" if value is None else f"{value:.2f}"
 
 
 def _seeds_section(answer: Answer) -> list[str]:

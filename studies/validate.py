@@ -30,9 +30,17 @@ from studies.answer import analyse, number
 from studies.baseline import is_baseline, is_reference, repeat_of
 from studies.config import StudyConfig, load_study_config
 from studies.objective import effective_settings, trained_params, trial_train_config, variant_of
-from studies.ranking import FACTOR, MIN_RANKED, LongRun, Validation, attr_key, normal_factor, read_validation
-
-DEFAULT_TRIALS = 8
+from studies.ranking import (
+    DEFAULT_TRIALS,
+    FACTOR,
+    MIN_RANKED,
+    LongRun,
+    Validation,
+    attr_key,
+    finite,
+    normal_factor,
+    read_validation,
+)
 
 
 class ValidationError(NectarGANError):
@@ -189,12 +197,12 @@ def _train_long(plan: Plan, config: StudyConfig, trial: FrozenTrial) -> LongRun:
     except NonFiniteLossError as exc:  # a result, not an error: the long run diverged
         summary = {"val_psnr": None, "val_ssim": None, "images": 0, "steps": 0, "train_seconds": 0.0,
                    "reason": str(exc)}
-    if _float(summary["val_psnr"]) is None and not summary.get("reason"):
+    if finite(summary["val_psnr"]) is None and not summary.get("reason"):
         summary["reason"] = f"val PSNR is {summary['val_psnr']}"
     return LongRun(
         trial=trial.number, factor=plan.factor, variant=str(trial.user_attrs.get("variant", spec.name)),
         seed=train.seed, short_psnr=float(number(trial, "val_psnr") or 0.0),
-        long_psnr=_float(summary["val_psnr"]), long_ssim=_float(summary["val_ssim"]),
+        long_psnr=finite(summary["val_psnr"]), long_ssim=finite(summary["val_ssim"]),
         short_images=int(trial.user_attrs.get("images", 0)), long_images=int(summary["images"]),
         steps=int(summary["steps"]), train_seconds=float(summary["train_seconds"]),
         budget_seconds=plan.seconds, budget_steps=plan.steps, baseline=is_reference(trial),
@@ -202,6 +210,3 @@ def _train_long(plan: Plan, config: StudyConfig, trial: FrozenTrial) -> LongRun:
         reason=summary.get("reason", ""),
     )
 
-
-def _float(value: Any) -> float | None:
-    return None if value is None or not math.isfinite(float(value)) else float(value)
