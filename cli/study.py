@@ -157,7 +157,8 @@ def _print_validation(validation, written: list[Path], storage: str, study_name:
     from studies.ranking import MIN_JUDGED, TAU_GOAL
 
     short_ranks, long_ranks = validation.short_ranks(), validation.long_ranks()
-    table = Table("trial", "short PSNR", "long PSNR", "short rank", "long rank", "variant")
+    table = Table("trial", "short PSNR", "long PSNR", "short rank", "long rank")
+    table.add_column("variant", overflow="fold")  # whole on a narrow terminal, over several lines
     for run in validation.runs:
         long = "failed" if run.long_psnr is None else f"{run.long_psnr:.2f}"
         ranks = [f"{r[run.trial]:g}" if run.trial in r else "-" for r in (short_ranks, long_ranks)]

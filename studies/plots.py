@@ -146,7 +146,7 @@ def front_plot(answer: Answer):
 
 def validation_plot(answer: Answer):
     """Short-trial against long-trial val PSNR of the retrained trials (study-validate), each labelled with its
-    trial number, the baseline's runs as stars; the learned line on both axes. Points in the same order on both
+    trial number, the baseline a star; the learned line on both axes. Points in the same order on both
     axes mean the short budget ranks like the long one."""
     import matplotlib.pyplot as plt
 
@@ -160,7 +160,7 @@ def validation_plot(answer: Answer):
             axes.scatter([r.short_psnr for r in chosen], [r.long_psnr for r in chosen],
                          marker="*" if baseline else "o", s=160 if baseline else 30,
                          color="tab:red" if baseline else "tab:blue", zorder=3,
-                         label="baseline (NectarGAN default), its seeds" if baseline else "retrained trials")
+                         label="baseline (NectarGAN default)" if baseline else "retrained trials")
     for run in runs:
         axes.annotate(str(run.trial), (run.short_psnr, run.long_psnr), textcoords="offset points", xytext=(4, 4),
                       fontsize=7)
